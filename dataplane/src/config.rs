@@ -81,10 +81,10 @@ impl Config {
             path: path.into(),
             message: e.message().to_string(),
         })?;
-        if config.private_key_file.is_relative() {
-            if let Some(dir) = path.parent() {
-                config.private_key_file = dir.join(&config.private_key_file);
-            }
+        if config.private_key_file.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.private_key_file = dir.join(&config.private_key_file);
         }
         Ok(config)
     }

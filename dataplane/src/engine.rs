@@ -107,10 +107,10 @@ impl Engine {
 
     /// Asks the driver to poll tunnel `t` soon: a flow changed one of its sockets.
     pub fn poke(&self, t: usize) {
-        if let Ok(mut core) = self.core.try_borrow_mut() {
-            if let Some(d) = core.dirty.get_mut(t) {
-                *d = true;
-            }
+        if let Ok(mut core) = self.core.try_borrow_mut()
+            && let Some(d) = core.dirty.get_mut(t)
+        {
+            *d = true;
         }
         self.poke.notify_one();
     }

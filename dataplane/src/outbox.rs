@@ -95,12 +95,8 @@ impl Outbox {
 
     /// Whether another datagram can be accepted now. Callers check before encrypting, so that
     /// nothing encrypted is ever dropped for lack of room.
-    pub fn has_room(&self) -> bool {
-        self.queued.len() < self.max_batches
-            || self
-                .queued
-                .back()
-                .is_some_and(|b| b.fits(MAX_DATAGRAM_BYTES))
+    pub fn has_room(&self, max_len: usize) -> bool {
+        self.queued.len() < self.max_batches || self.queued.back().is_some_and(|b| b.fits(max_len))
     }
 
     /// Whether anything waits to be sent.
@@ -181,8 +177,6 @@ impl Outbox {
     }
 }
 
-/// The largest datagram the outbox accepts (a full-size inner packet plus WireGuard overhead).
-pub const MAX_DATAGRAM_BYTES: usize = 65_535;
 // One UDP GSO send carries at most 64 segments and 64 KiB.
 const MAX_SEGMENTS: usize = 64;
 const BATCH_BYTES: usize = 65_535;
@@ -233,14 +227,15 @@ mod tests {
     fn room_runs_out_and_comes_back_after_recycling() {
         let mut outbox = Outbox::new(2);
         let mut pushed = 0;
-        while outbox.has_room() {
+        while outbox.has_room(1500) {
             push_len(&mut outbox, 1452, 0);
             pushed += 1;
             assert!(pushed < 1000, "outbox never filled");
         }
+        // Each 64 KiB batch takes 45 datagrams of 1452 bytes.
         assert_eq!(pushed, 2 * 45);
         let batch = outbox.pop().unwrap();
         outbox.recycle(batch);
-        assert!(outbox.has_room());
+        assert!(outbox.has_room(1500));
     }
 }

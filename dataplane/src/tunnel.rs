@@ -68,8 +68,8 @@ impl Tunnel {
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = random_seed();
         let mut iface = Interface::new(config, &mut device, now);
-        let v4 = Ipv4Address::from(addrs.v4);
-        let v6 = Ipv6Address::from(addrs.v6);
+        let v4: Ipv4Address = addrs.v4;
+        let v6: Ipv6Address = addrs.v6;
         iface.update_ip_addrs(|ips| {
             // Two addresses always fit: IFACE_MAX_ADDR_COUNT is 2.
             let _ = ips.push(IpCidr::new(IpAddress::Ipv4(v4), 32));
@@ -302,7 +302,7 @@ impl phy::Device for TunnelDevice {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        if !self.outbox.has_room() {
+        if !self.outbox.has_room(Session::buffer_len(self.mtu)) {
             return None;
         }
         Some(TxToken {
