@@ -335,13 +335,15 @@ async fn accept_tcp<L: LocalIo>(
     }
 }
 
+// Reads local datagrams and hands each to its client's flow task, which alone owns the flow's
+// stack socket (a removed socket's handle may be reused, so no other task may touch it).
 async fn serve_udp(
     engine: Rc<Engine>,
     state: Rc<ClientState>,
     socket: Rc<tokio::net::UdpSocket>,
     remote: SocketAddr,
 ) {
-    let flows: Rc<RefCell<HashMap<SocketAddr, Rc<ClientUdpFlow>>>> = Rc::default();
+    let flows: Rc<RefCell<HashMap<SocketAddr, Sender>>> = Rc::default();
     let mut buf = datagram_buffer();
     loop {
         let (n, client) = match socket.recv_from(&mut buf).await {
@@ -352,48 +354,49 @@ async fn serve_udp(
             }
         };
         let existing = flows.borrow().get(&client).cloned();
-        let flow = match existing {
-            Some(flow) => flow,
+        let sender = match existing {
+            Some(sender) => sender,
             None => {
                 let Some(flow) = ClientUdpFlow::open(&engine, &state) else {
                     continue;
                 };
-                flows.borrow_mut().insert(client, flow.clone());
-                let task = udp_replies(
+                let (tx, rx) = tokio::sync::mpsc::channel(UDP_FLOW_QUEUE);
+                flows.borrow_mut().insert(client, tx.clone());
+                let flow = run_udp_flow(
                     engine.clone(),
                     state.clone(),
                     socket.clone(),
                     client,
-                    flow.clone(),
-                    flows.clone(),
+                    remote,
+                    flow,
+                    rx,
                 );
-                tokio::task::spawn_local(task);
-                flow
+                let flows = flows.clone();
+                tokio::task::spawn_local(async move {
+                    flow.await;
+                    flows.borrow_mut().remove(&client);
+                });
+                tx
             }
         };
-        flow.activity.touch();
-        if !send_stack(
-            &engine,
-            0,
-            flow.handle,
-            &buf[..n],
-            crate::tunnel::to_endpoint(remote).into(),
-        )
-        .await
-        {
-            tracing::warn!(len = n, "datagram too large for the tunnel socket; dropped");
+        // Waits while the flow's queue is full: backpressure onto the local socket. A flow that
+        // just expired refuses; the next datagram from that client opens a new one.
+        if sender.send(buf[..n].to_vec()).await.is_err() {
+            flows.borrow_mut().remove(&client);
+            tracing::debug!(%client, "datagram arrived as its flow expired; dropped");
         }
     }
 }
 
+type Sender = tokio::sync::mpsc::Sender<Vec<u8>>;
+
 struct ClientUdpFlow {
     handle: SocketHandle,
     port: u16,
-    activity: Rc<Activity>,
 }
 
 impl ClientUdpFlow {
-    fn open(engine: &Engine, state: &ClientState) -> Option<Rc<Self>> {
+    fn open(engine: &Engine, state: &ClientState) -> Option<Self> {
         let port = state.ports.borrow_mut().allocate()?;
         let mut core = engine.core.borrow_mut();
         let tunnel = core.tunnels.get_mut(0)?;
@@ -403,36 +406,44 @@ impl ClientUdpFlow {
             state.ports.borrow_mut().release(port);
             return None;
         }
-        Some(Rc::new(ClientUdpFlow {
-            handle,
-            port,
-            activity: Activity::new(Duration::from_secs(UDP_IDLE_S)),
-        }))
+        Some(ClientUdpFlow { handle, port })
     }
 }
 
-async fn udp_replies(
+// Carries one client's datagrams both ways until it is idle for UDP_IDLE_S.
+async fn run_udp_flow(
     engine: Rc<Engine>,
     state: Rc<ClientState>,
     socket: Rc<tokio::net::UdpSocket>,
     client: SocketAddr,
-    flow: Rc<ClientUdpFlow>,
-    flows: Rc<RefCell<HashMap<SocketAddr, Rc<ClientUdpFlow>>>>,
+    remote: SocketAddr,
+    flow: ClientUdpFlow,
+    mut outgoing: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) {
+    let activity = Activity::new(Duration::from_secs(UDP_IDLE_S));
+    let remote = crate::tunnel::to_endpoint(remote);
     let mut buf = datagram_buffer();
     loop {
-        let got = tokio::select! {
-            got = recv_stack(&engine, 0, flow.handle, &mut buf) => got,
-            () = flow.activity.expired() => break,
-        };
-        let Some((n, _)) = got else { break };
-        engine.poke(0);
-        flow.activity.touch();
-        if let Err(e) = socket.send_to(&buf[..n], client).await {
-            tracing::debug!(error = %e, %client, "local UDP send failed");
+        tokio::select! {
+            datagram = outgoing.recv() => {
+                let Some(datagram) = datagram else { break };
+                activity.touch();
+                if !send_stack(&engine, 0, flow.handle, &datagram, remote.into()).await {
+                    tracing::warn!(len = datagram.len(), "datagram too large for the tunnel socket; dropped");
+                }
+            }
+            got = recv_stack(&engine, 0, flow.handle, &mut buf) => {
+                let Some((n, _)) = got else { break };
+                engine.poke(0);
+                activity.touch();
+                if let Err(e) = socket.send_to(&buf[..n], client).await {
+                    tracing::debug!(error = %e, %client, "local UDP send failed");
+                }
+            }
+            () = activity.expired() => break,
         }
     }
-    flows.borrow_mut().remove(&client);
+    outgoing.close();
     if let Some(tunnel) = engine.core.borrow_mut().tunnels.get_mut(0) {
         tunnel.remove(flow.handle);
     }
@@ -473,6 +484,8 @@ const LISTEN_BACKLOG: i32 = 1024;
 const HANDSHAKE_WARNING: Duration = Duration::from_secs(5);
 const STALLED_CONNECT: Duration = Duration::from_secs(1);
 const NUDGE_INTERVAL: Duration = Duration::from_secs(2);
+// Datagrams queued per UDP flow before the local socket's reader waits.
+const UDP_FLOW_QUEUE: usize = 64;
 
 #[cfg(test)]
 mod tests {
