@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 use ferry_crypto::keys::{PresharedKey, PrivateKey, PublicKey};
+use ferry_crypto::wgconfig::{PeerConfig, WgQuickConfig};
 
 use crate::agent::{AGENT_ADDRS, AgentConfig, AgentPeer};
 use crate::config::{Config, ConfigError};
@@ -60,6 +61,19 @@ struct AgentArgs {
     /// Inner MTU of the tunnel.
     #[arg(long, default_value_t = DEFAULT_MTU)]
     mtu: u16,
+    /// The agent's address inside the tunnel, IPv4 and/or IPv6 (repeatable)
+    /// [default: 10.77.0.1 and fd77::1].
+    #[arg(long = "address", value_name = "ADDR")]
+    addresses: Vec<IpAddr>,
+    /// Print a wg-quick config for each peer, for stock WireGuard tools, and exit.
+    #[arg(long)]
+    print_peer_config: bool,
+    /// With --print-peer-config: the endpoint peers should use [default: --listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    public_endpoint: Option<String>,
+    /// With --print-peer-config and one peer: that peer's private key, to fill it in.
+    #[arg(long, value_name = "FILE")]
+    peer_private_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -83,12 +97,17 @@ struct ConnectArgs {
     /// The agent's address inside the tunnel.
     #[arg(long, value_name = "ADDR")]
     remote_host: Option<IpAddr>,
-    /// Persistent keepalive interval in seconds (0 turns it off).
+    /// Persistent keepalive interval in seconds (0 turns it off) [default: 25, or the
+    /// wg-quick file's PersistentKeepalive].
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_KEEPALIVE_S)]
     keepalive: u16,
-    /// Inner MTU of the tunnel.
-    #[arg(long, default_value_t = DEFAULT_MTU)]
-    mtu: u16,
+    /// Inner MTU of the tunnel [default: 1420, or the wg-quick file's MTU].
+    #[arg(long)]
+    mtu: Option<u16>,
+    /// A wg-quick config file (as for `wg-quick up`) giving this side's key and addresses and
+    /// the one peer to connect to; flows go to the peer's host address in AllowedIPs.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["endpoint", "config"])]
+    wg_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -192,14 +211,90 @@ fn agent(args: AgentArgs) -> Result<i32, Failure> {
             preshared_key: preshared.clone(),
         });
     }
+    let mut addrs = AGENT_ADDRS;
+    for addr in &args.addresses {
+        match addr {
+            IpAddr::V4(v4) => addrs.v4 = *v4,
+            IpAddr::V6(v6) => addrs.v6 = *v6,
+        }
+    }
     let config = AgentConfig {
         listen: args.listen,
         private_key,
         peers,
         mtu: usize::from(args.mtu),
-        addrs: AGENT_ADDRS,
+        addrs,
     };
+    if args.print_peer_config {
+        return print_peer_configs(&config, &args);
+    }
     run_until_signal(AgentJob { config })
+}
+
+// Prints one wg-quick config per peer: what a stock WireGuard client needs to reach the agent.
+fn print_peer_configs(config: &AgentConfig, args: &AgentArgs) -> Result<i32, Failure> {
+    let endpoint = match &args.public_endpoint {
+        Some(e) => e.clone(),
+        None if config.listen.ip().is_unspecified() => {
+            return Err(Failure::Usage(format!(
+                "--listen {} does not say how peers reach this machine: add --public-endpoint HOST:PORT",
+                config.listen
+            )));
+        }
+        None => config.listen.to_string(),
+    };
+    let peer_key = args
+        .peer_private_key_file
+        .as_deref()
+        .map(read_private_key)
+        .transpose()?;
+    if peer_key.is_some() && config.peers.len() != 1 {
+        return Err(Failure::Usage(
+            "--peer-private-key-file needs exactly one --peer".into(),
+        ));
+    }
+    let agent_public = config.private_key.public_key();
+    for (i, peer) in config.peers.iter().enumerate() {
+        let private = match &peer_key {
+            Some(key) if key.public_key() == peer.public_key => key.to_base64(),
+            Some(_) => {
+                return Err(Failure::Usage(
+                    "--peer-private-key-file does not match the --peer public key".into(),
+                ));
+            }
+            None => format!("<private key of {}>", peer.public_key),
+        };
+        let host = u8::try_from(i + 2).unwrap_or(u8::MAX);
+        let [a, b, c, _] = config.addrs.v4.octets();
+        let mut v6 = config.addrs.v6.segments();
+        v6[7] = u16::from(host);
+        println!("# wg-quick config for the peer {}", peer.public_key);
+        println!("[Interface]");
+        println!("PrivateKey = {private}");
+        println!(
+            "Address = {}.{}.{}.{}/32, {}/128",
+            a,
+            b,
+            c,
+            host,
+            std::net::Ipv6Addr::from(v6)
+        );
+        println!("MTU = {}", config.mtu);
+        println!();
+        println!("[Peer]");
+        println!("PublicKey = {agent_public}");
+        if let Some(psk) = &peer.preshared_key {
+            println!("PresharedKey = {}", psk.to_base64());
+        }
+        println!("Endpoint = {endpoint}");
+        println!(
+            "AllowedIPs = {}/32, {}/128",
+            config.addrs.v4, config.addrs.v6
+        );
+        println!("PersistentKeepalive = {DEFAULT_KEEPALIVE_S}");
+        println!();
+    }
+    Ok(0)
 }
 
 struct AgentJob {
@@ -344,63 +439,85 @@ fn copy_stdio(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-// Builds the tunnel settings from --endpoint and friends, or from the config file.
+// The tunnel settings, from whichever source the user chose.
+struct PeerSettings {
+    endpoint: String,
+    peer: PublicKey,
+    private_key: PrivateKey,
+    preshared: Option<PresharedKey>,
+    remote_host: Option<IpAddr>,
+    keepalive: Option<u16>,
+    addrs: crate::tunnel::TunnelAddrs,
+    mtu: Option<u16>,
+    listen_port: Option<u16>,
+}
+
+// Builds the tunnel settings from --wg-config, --endpoint and friends, or the config file;
+// flags given explicitly override what the file says.
 fn connect_config(
     workspace: &str,
     args: &ConnectArgs,
     forwards: Vec<Forward>,
 ) -> Result<ForwardConfig, Failure> {
-    let (endpoint, peer, private_key, mut preshared, mut remote_host, mut keepalive) =
-        match &args.endpoint {
-            Some(endpoint) => {
-                let peer = parse_public_key(
-                    args.peer_public_key.as_deref().unwrap_or_default(),
-                    "--peer-public-key",
-                )?;
-                let key_file = args
-                    .private_key_file
-                    .as_deref()
-                    .ok_or_else(|| Failure::Usage("--endpoint needs --private-key-file".into()))?;
-                (
-                    endpoint.clone(),
-                    peer,
-                    read_private_key(key_file)?,
-                    None,
-                    None,
-                    None,
-                )
-            }
-            None => from_config_file(workspace, args)?,
-        };
+    let mut settings = if let Some(path) = &args.wg_config {
+        from_wg_config(path)?
+    } else if let Some(endpoint) = &args.endpoint {
+        from_flags(endpoint, args)?
+    } else {
+        from_config_file(workspace, args)?
+    };
     if let Some(path) = &args.preshared_key_file {
-        preshared = Some(read_preshared_key(path)?);
+        settings.preshared = Some(read_preshared_key(path)?);
     }
-    remote_host = args.remote_host.or(remote_host);
-    keepalive = keepalive.or(Some(args.keepalive));
-    let endpoint = resolve_endpoint(&endpoint)?;
+    let remote_host = args.remote_host.or(settings.remote_host);
+    let remote_host = match (remote_host, &args.wg_config) {
+        (Some(host), _) => host,
+        (None, None) => IpAddr::V4(AGENT_ADDRS.v4),
+        (None, Some(path)) => {
+            return Err(Failure::Usage(format!(
+                "{}: the peer's AllowedIPs has no single host address; say which host to reach with --remote-host ADDR",
+                path.display()
+            )));
+        }
+    };
+    let keepalive = settings.keepalive.unwrap_or(args.keepalive);
     Ok(ForwardConfig {
-        endpoint,
-        private_key,
-        peer,
-        preshared_key: preshared,
-        keepalive_s: keepalive.filter(|k| *k > 0),
+        endpoint: resolve_endpoint(&settings.endpoint)?,
+        private_key: settings.private_key,
+        peer: settings.peer,
+        preshared_key: settings.preshared,
+        keepalive_s: Some(keepalive).filter(|k| *k > 0),
         forwards,
-        remote_host: remote_host.unwrap_or(IpAddr::V4(AGENT_ADDRS.v4)),
-        addrs: CLIENT_ADDRS,
-        mtu: usize::from(args.mtu),
+        remote_host,
+        addrs: settings.addrs,
+        mtu: usize::from(args.mtu.or(settings.mtu).unwrap_or(DEFAULT_MTU)),
+        listen_port: settings.listen_port,
     })
 }
 
-type Resolved = (
-    String,
-    PublicKey,
-    PrivateKey,
-    Option<PresharedKey>,
-    Option<IpAddr>,
-    Option<u16>,
-);
+fn from_flags(endpoint: &str, args: &ConnectArgs) -> Result<PeerSettings, Failure> {
+    let peer = parse_public_key(
+        args.peer_public_key.as_deref().unwrap_or_default(),
+        "--peer-public-key",
+    )?;
+    let key_file = args
+        .private_key_file
+        .as_deref()
+        .ok_or_else(|| Failure::Usage("--endpoint needs --private-key-file".into()))?;
+    Ok(PeerSettings {
+        endpoint: endpoint.to_string(),
+        peer,
+        private_key: read_private_key(key_file)?,
+        preshared: None,
+        remote_host: None,
+        keepalive: None,
+        addrs: CLIENT_ADDRS,
+        mtu: None,
+        listen_port: None,
+    })
+}
 
-fn from_config_file(workspace: &str, args: &ConnectArgs) -> Result<Resolved, Failure> {
+fn from_config_file(workspace: &str, args: &ConnectArgs) -> Result<PeerSettings, Failure> {
     let path = args
         .config
         .clone()
@@ -409,21 +526,65 @@ fn from_config_file(workspace: &str, args: &ConnectArgs) -> Result<Resolved, Fai
         .map_err(usage)?;
     let config = Config::load(&path).map_err(usage)?;
     let ws = config.workspace(workspace, &path).map_err(usage)?;
-    let peer = parse_public_key(&ws.public_key, "public_key")?;
-    let private_key = read_private_key(&config.private_key_file)?;
     let preshared = ws
         .preshared_key_file
         .as_deref()
         .map(read_preshared_key)
         .transpose()?;
-    Ok((
-        ws.endpoint.clone(),
-        peer,
-        private_key,
+    Ok(PeerSettings {
+        endpoint: ws.endpoint.clone(),
+        peer: parse_public_key(&ws.public_key, "public_key")?,
+        private_key: read_private_key(&config.private_key_file)?,
         preshared,
-        ws.remote_host,
-        ws.keepalive,
-    ))
+        remote_host: ws.remote_host,
+        keepalive: ws.keepalive,
+        addrs: CLIENT_ADDRS,
+        mtu: None,
+        listen_port: None,
+    })
+}
+
+// A wg-quick file: [Interface] gives our key, addresses, MTU and port; its one [Peer] the rest.
+fn from_wg_config(path: &std::path::Path) -> Result<PeerSettings, Failure> {
+    let config = WgQuickConfig::from_file(path).map_err(|e| Failure::Usage(chain(&e)))?;
+    if !config.ignored.is_empty() {
+        tracing::info!(keys = ?config.ignored, "settings in the wg-quick file that ferry does not use");
+    }
+    let [peer] = <[PeerConfig; 1]>::try_from(config.peers).map_err(|peers| {
+        Failure::Usage(format!(
+            "{}: ferry needs exactly one [Peer] section, found {}",
+            path.display(),
+            peers.len()
+        ))
+    })?;
+    let endpoint = peer
+        .endpoint
+        .as_ref()
+        .ok_or_else(|| Failure::Usage(format!("{}: the [Peer] has no Endpoint", path.display())))?;
+    let interface = config.interface;
+    let mut addrs = CLIENT_ADDRS;
+    for net in &interface.addresses {
+        match net.addr() {
+            IpAddr::V4(v4) => addrs.v4 = v4,
+            IpAddr::V6(v6) => addrs.v6 = v6,
+        }
+    }
+    let remote_host = peer
+        .allowed_ips
+        .iter()
+        .find(|net| net.is_host())
+        .map(|net| net.addr());
+    Ok(PeerSettings {
+        endpoint: endpoint.to_string(),
+        peer: peer.public_key,
+        private_key: interface.private_key,
+        preshared: peer.preshared_key,
+        remote_host,
+        keepalive: Some(peer.persistent_keepalive.unwrap_or(0)),
+        addrs,
+        mtu: interface.mtu,
+        listen_port: interface.listen_port,
+    })
 }
 
 fn resolve_endpoint(text: &str) -> Result<SocketAddr, Failure> {

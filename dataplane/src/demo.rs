@@ -53,6 +53,7 @@ pub fn run(args: DemoArgs) -> Result<i32, Failure> {
         remote_host: IpAddr::V4(AGENT_ADDRS.v4),
         addrs: CLIENT_ADDRS,
         mtu: usize::from(DEFAULT_MTU),
+        listen_port: None,
     };
     let listening = start_forward(backend, config)?;
     let local = |i: usize| {

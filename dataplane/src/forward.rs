@@ -45,6 +45,8 @@ pub struct ForwardConfig {
     pub addrs: TunnelAddrs,
     /// Inner MTU.
     pub mtu: usize,
+    /// The tunnel socket's local port (any free port if `None`).
+    pub listen_port: Option<u16>,
 }
 
 /// A local listener that is open.
@@ -98,10 +100,11 @@ pub const CLIENT_ADDRS: TunnelAddrs = TunnelAddrs {
 /// Opens every listener (all or nothing), starts the tunnel, and serves until the runtime stops.
 pub fn start<L: LocalIo>(config: ForwardConfig) -> Result<PortForward, ForwardError> {
     let listeners = bind_all(&config.forwards)?;
+    let port = config.listen_port.unwrap_or(0);
     let bind = if config.endpoint.is_ipv4() {
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
     } else {
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))
     };
     let outer = OuterSocket::bind(bind).map_err(ForwardError::Socket)?;
     let session = Session::new(
