@@ -313,6 +313,7 @@ impl RunWith for AgentJob {
         eprintln!("ferry agent listening on {addr} for {peers} peer(s)");
         eprintln!("Ready");
         wait_for_signal().await;
+        eprintln!("ferry agent: {}", engine.summary());
         Ok(0)
     }
 }
@@ -365,6 +366,7 @@ impl RunWith for ForwardJob {
             () = wait_for_signal() => return Ok(0),
         }
         wait_for_signal().await;
+        eprintln!("ferry port-forward: {}", forward.engine.summary());
         Ok(0)
     }
 }

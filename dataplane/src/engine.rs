@@ -115,6 +115,21 @@ impl Engine {
         self.poke.notify_one();
     }
 
+    /// One line of counters: what was carried and what was dropped, and why.
+    pub fn summary(&self) -> String {
+        let core = self.core.borrow();
+        let (mut packets_in, mut packets_out) = (0, 0);
+        for tunnel in &core.tunnels {
+            packets_in += tunnel.stats().packets_in;
+            packets_out += tunnel.stats().packets_out;
+        }
+        let s = core.stats;
+        format!(
+            "{packets_in} packets in, {packets_out} out; dropped: {} invalid datagrams, {} handshakes from unknown peers, {} refused by a session",
+            s.invalid_datagrams, s.unknown_peers, s.refused_datagrams
+        )
+    }
+
     /// Starts the receive, driver and send tasks. They run until the runtime stops.
     pub fn start(self: &Rc<Self>, ingress: Rc<dyn Ingress>) {
         tokio::task::spawn_local(receive_task(self.clone(), ingress.clone()));
