@@ -295,6 +295,8 @@ fn next_deadline(engine: &Engine, next_tick: tokio::time::Instant) -> tokio::tim
     let mut core = engine.core.borrow_mut();
     let soonest = core.tunnels.iter_mut().filter_map(|t| t.poll_at(now)).min();
     match soonest {
+        // smoltcp's Instant difference is absolute: a deadline already past means now.
+        Some(at) if at <= now => tokio::time::Instant::now(),
         Some(at) => {
             let wait = Duration::from_micros((at - now).total_micros());
             next_tick.min(tokio::time::Instant::now() + wait)

@@ -33,9 +33,12 @@ pub async fn run_tcp_flow<S: LocalStream>(
                 down.await;
             }
             end = &mut down => {
-                // A reset ends the flow at once: a pending local read is cancelled.
+                // A reset ends the flow at once: the local connection is reset too, which also
+                // completes a pending local read.
                 if end == End::Finished {
                     up.await;
+                } else {
+                    stream.reset();
                 }
             }
         }
@@ -200,6 +203,8 @@ async fn release_tcp(engine: &Rc<Engine>, t: usize, handle: SocketHandle) {
         }
         engine.poll_now(t);
     }
+    // A reset or last ACK still queued in the socket leaves before the socket goes.
+    engine.poll_now(t);
     if let Some(tunnel) = engine.core.borrow_mut().tunnels.get_mut(t) {
         tunnel.remove(handle);
     }

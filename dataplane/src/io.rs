@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 
 use tokio_uring::buf::BoundedBuf;
 
@@ -100,6 +101,8 @@ pub trait LocalStream: 'static {
     async fn write_all(&self, buf: Vec<u8>, len: usize) -> (io::Result<()>, Vec<u8>);
     /// Shuts down the write side (sends FIN), keeping the read side open.
     fn shutdown_write(&self) -> io::Result<()>;
+    /// Makes closing the stream send a reset, and ends any pending read.
+    fn reset(&self);
 }
 
 /// The io_uring backend.
@@ -145,6 +148,10 @@ impl LocalStream for tokio_uring::net::TcpStream {
 
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn reset(&self) {
+        crate::sys::reset_tcp(self.as_raw_fd());
     }
 }
 
@@ -212,5 +219,9 @@ impl LocalStream for tokio::net::TcpStream {
 
     fn shutdown_write(&self) -> io::Result<()> {
         socket2::SockRef::from(self).shutdown(Shutdown::Write)
+    }
+
+    fn reset(&self) {
+        crate::sys::reset_tcp(self.as_raw_fd());
     }
 }

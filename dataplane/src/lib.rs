@@ -26,5 +26,6 @@ pub mod io;
 pub mod outbox;
 pub mod outer;
 pub mod spec;
+pub mod sys;
 pub mod tunnel;
 pub mod udpflow;

@@ -22,6 +22,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::outbox::Batch;
+use crate::sys::set_int;
 
 /// One received buffer: several datagrams of `segment` bytes from one sender (the last may be
 /// shorter), or one datagram.
@@ -199,24 +200,6 @@ fn set_buffer_sizes(socket: &Socket) {
     .is_err()
     {
         let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES as usize);
-    }
-}
-
-fn set_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: `value` lives across the call and its size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -52,6 +52,7 @@ pub struct Tunnel {
     device: TunnelDevice,
     endpoint: Option<SocketAddr>,
     stats: TunnelStats,
+    tcp_sockets: usize,
 }
 
 impl Tunnel {
@@ -84,6 +85,7 @@ impl Tunnel {
             device,
             endpoint: None,
             stats: TunnelStats::default(),
+            tcp_sockets: 0,
         }
     }
 
@@ -192,11 +194,16 @@ impl Tunnel {
         &mut self.device.outbox
     }
 
-    /// Adds a TCP socket with ferry's buffer sizes and options.
+    /// Adds a TCP socket with ferry's buffer sizes and options. Each direction gets
+    /// [`TCP_BUFFER_BYTES`] while few flows are open; with many, the tunnel's
+    /// [`TCP_MEMORY_BUDGET_BYTES`] is shared out, down to [`TCP_MIN_BUFFER_BYTES`].
     pub fn add_tcp(&mut self) -> SocketHandle {
+        self.tcp_sockets += 1;
+        let share = TCP_MEMORY_BUDGET_BYTES / (2 * self.tcp_sockets);
+        let size = share.clamp(TCP_MIN_BUFFER_BYTES, TCP_BUFFER_BYTES);
         let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
-            tcp::SocketBuffer::new(vec![0; TCP_BUFFER_BYTES]),
+            tcp::SocketBuffer::new(vec![0; size]),
+            tcp::SocketBuffer::new(vec![0; size]),
         );
         socket.set_ack_delay(None);
         socket.set_nagle_enabled(false);
@@ -246,7 +253,9 @@ impl Tunnel {
 
     /// Removes a socket whose flow ended.
     pub fn remove(&mut self, handle: SocketHandle) {
-        self.sockets.remove(handle);
+        if let smoltcp::socket::Socket::Tcp(_) = self.sockets.remove(handle) {
+            self.tcp_sockets = self.tcp_sockets.saturating_sub(1);
+        }
     }
 
     /// Drops every packet and datagram in flight (the tunnel is shutting down).
@@ -388,9 +397,13 @@ fn random_seed() -> u64 {
     u64::from_le_bytes(seed)
 }
 
-/// Each direction of each TCP flow buffers this much; it bounds the TCP window (smoltcp scales
-/// the window to the receive buffer) and so the throughput of one flow.
+/// Each direction of each TCP flow buffers at most this much; it bounds the TCP window (smoltcp
+/// scales the window to the receive buffer) and so the throughput of one flow.
 pub const TCP_BUFFER_BYTES: usize = 1 << 20;
+/// The TCP buffer memory one tunnel aims to stay within when many flows are open.
+pub const TCP_MEMORY_BUDGET_BYTES: usize = 64 << 20;
+/// The smallest TCP buffer a flow gets, however many flows are open.
+pub const TCP_MIN_BUFFER_BYTES: usize = 16 << 10;
 /// A TCP flow whose peer is silent this long (connect, data or keepalive) is aborted.
 pub const TCP_TIMEOUT_S: u64 = 60;
 const TCP_KEEPALIVE_S: u64 = 20;
