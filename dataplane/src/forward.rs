@@ -80,9 +80,41 @@ pub struct PortForward {
     /// The open listeners.
     pub listening: Vec<Listening>,
     state: Rc<ClientState>,
+    remote_host: IpAddr,
 }
 
 impl PortForward {
+    /// Opens one more forward on the running tunnel (for example a gateway that reaches ports
+    /// on demand). With `forward.local == 0` the system picks a free local port.
+    pub fn open<L: LocalIo>(&mut self, forward: Forward) -> Result<Vec<Listening>, ForwardError> {
+        let before = self.listening.len();
+        for (f, listener) in bind_all(&[forward])? {
+            self.serve::<L>(f, listener)?;
+        }
+        Ok(self.listening[before..].to_vec())
+    }
+
+    // Starts serving one bound listener through the tunnel.
+    fn serve<L: LocalIo>(&mut self, forward: Forward, listener: Bound) -> Result<(), ForwardError> {
+        let remote = SocketAddr::new(self.remote_host, forward.remote);
+        let (engine, state) = (self.engine.clone(), self.state.clone());
+        match listener {
+            Bound::Tcp(l) => {
+                let addr = l.local_addr().map_err(ForwardError::Socket)?;
+                let l = L::listener(l).map_err(ForwardError::Socket)?;
+                tokio::task::spawn_local(accept_tcp::<L>(engine, state, l, remote));
+                self.listening.push(Listening { forward, addr });
+            }
+            Bound::Udp(u) => {
+                let addr = u.local_addr().map_err(ForwardError::Socket)?;
+                let u = tokio::net::UdpSocket::from_std(u).map_err(ForwardError::Socket)?;
+                tokio::task::spawn_local(serve_udp(engine, state, Rc::new(u), remote));
+                self.listening.push(Listening { forward, addr });
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves once the first handshake with the agent has completed.
     pub async fn ready(&self) {
         while !self.state.ready.get() {
@@ -128,38 +160,16 @@ pub fn start<L: LocalIo>(config: ForwardConfig) -> Result<PortForward, ForwardEr
     engine.start(state.clone());
     engine.poke(0);
 
-    let mut listening = Vec::new();
-    for (forward, listener) in listeners {
-        let remote = SocketAddr::new(config.remote_host, forward.remote);
-        match listener {
-            Bound::Tcp(l) => {
-                listening.push(Listening {
-                    forward,
-                    addr: l.local_addr().map_err(ForwardError::Socket)?,
-                });
-                let l = L::listener(l).map_err(ForwardError::Socket)?;
-                tokio::task::spawn_local(accept_tcp::<L>(engine.clone(), state.clone(), l, remote));
-            }
-            Bound::Udp(u) => {
-                listening.push(Listening {
-                    forward,
-                    addr: u.local_addr().map_err(ForwardError::Socket)?,
-                });
-                let u = tokio::net::UdpSocket::from_std(u).map_err(ForwardError::Socket)?;
-                tokio::task::spawn_local(serve_udp(
-                    engine.clone(),
-                    state.clone(),
-                    Rc::new(u),
-                    remote,
-                ));
-            }
-        }
-    }
-    Ok(PortForward {
+    let mut forward = PortForward {
         engine,
-        listening,
+        listening: Vec::new(),
         state,
-    })
+        remote_host: config.remote_host,
+    };
+    for (f, listener) in listeners {
+        forward.serve::<L>(f, listener)?;
+    }
+    Ok(forward)
 }
 
 enum Bound {
