@@ -13,6 +13,7 @@ use std::net::IpAddr;
 
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
 use crate::keys::{PresharedKey, PrivateKey, PublicKey};
@@ -181,6 +182,10 @@ pub struct PeerIndex {
     local: PrivateKey,
     local_public: PublicKey,
     peers: Vec<PublicKey>,
+    // Checks an initiation's MAC1 (keyed by our public key) before any Diffie-Hellman, so
+    // that forged initiations cost a hash, not a scalar multiplication. Its rate limit is
+    // never reached: each session applies WireGuard's own limit and cookies.
+    mac1: RateLimiter,
 }
 
 /// Where a datagram belongs.
@@ -197,18 +202,21 @@ pub enum Route {
 impl PeerIndex {
     /// Creates a router for `local`'s sessions with `peers`, in index order.
     pub fn new(local: &PrivateKey, peers: Vec<PublicKey>) -> Self {
+        let local_public = local.public_key();
+        let mac1 = RateLimiter::new(&local_public.to_x25519(), u64::MAX);
         PeerIndex {
             local: local.clone(),
-            local_public: local.public_key(),
+            local_public,
             peers,
+            mac1,
         }
     }
 
-    /// Finds the session a datagram belongs to. A handshake initiation costs one
-    /// Diffie-Hellman to find the initiator's key; other messages carry our index.
+    /// Finds the session a datagram belongs to. A handshake initiation with a valid MAC1 costs
+    /// one Diffie-Hellman to find the initiator's key; other messages carry our index.
     pub fn route(&self, datagram: &[u8]) -> Route {
         let receiver = match Tunn::parse_incoming_packet(datagram) {
-            Ok(Packet::HandshakeInit(init)) => return self.route_initiation(&init),
+            Ok(Packet::HandshakeInit(init)) => return self.route_initiation(datagram, &init),
             Ok(Packet::HandshakeResponse(p)) => p.receiver_idx,
             Ok(Packet::PacketCookieReply(p)) => p.receiver_idx,
             Ok(Packet::PacketData(p)) => p.receiver_idx,
@@ -222,7 +230,19 @@ impl PeerIndex {
         }
     }
 
-    fn route_initiation(&self, init: &boringtun::noise::HandshakeInit<'_>) -> Route {
+    fn route_initiation(
+        &self,
+        datagram: &[u8],
+        init: &boringtun::noise::HandshakeInit<'_>,
+    ) -> Route {
+        let mut unused = [0u8; COOKIE_REPLY_BYTES];
+        if self
+            .mac1
+            .verify_packet(None, datagram, &mut unused)
+            .is_err()
+        {
+            return Route::Invalid;
+        }
         let secret = self.local.to_static_secret();
         let Ok(half) = parse_handshake_anon(&secret, &self.local_public.to_x25519(), init) else {
             return Route::Invalid;
@@ -293,3 +313,79 @@ const HANDSHAKE_INIT_BYTES: usize = 148;
 // boringtun keeps at most this many packets while a handshake is under way.
 const MAX_QUEUED_PACKETS: usize = 256;
 const INDEX_MASK: u32 = 0x00ff_ffff;
+const COOKIE_REPLY_BYTES: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn initiation(from: &PrivateKey, to: &PublicKey) -> Vec<u8> {
+        let mut session = Session::new(from, *to, None, None, 0);
+        let mut dst = vec![0u8; 256];
+        let len = session.force_handshake(&mut dst).unwrap();
+        dst.truncate(len);
+        dst
+    }
+
+    #[test]
+    fn initiations_route_to_their_peer_or_are_refused() {
+        let agent = PrivateKey::generate();
+        let (a, b, stranger) = (
+            PrivateKey::generate(),
+            PrivateKey::generate(),
+            PrivateKey::generate(),
+        );
+        let index = PeerIndex::new(&agent, vec![a.public_key(), b.public_key()]);
+        let agent_public = agent.public_key();
+
+        assert_eq!(index.route(&initiation(&b, &agent_public)), Route::Peer(1));
+        assert_eq!(index.route(&initiation(&a, &agent_public)), Route::Peer(0));
+        assert_eq!(
+            index.route(&initiation(&stranger, &agent_public)),
+            Route::UnknownPeer(stranger.public_key())
+        );
+        // Meant for another responder: MAC1 does not match our key.
+        assert_eq!(
+            index.route(&initiation(&a, &b.public_key())),
+            Route::Invalid
+        );
+        let mut forged = initiation(&a, &agent_public);
+        let mac1 = forged.len() - 32;
+        forged[mac1] ^= 1;
+        assert_eq!(index.route(&forged), Route::Invalid);
+        assert_eq!(index.route(&[1, 0, 0, 0, 9]), Route::Invalid);
+    }
+
+    #[test]
+    fn two_sessions_carry_a_packet_after_a_handshake() {
+        let (a, b) = (PrivateKey::generate(), PrivateKey::generate());
+        let mut sa = Session::new(&a, b.public_key(), None, None, 0);
+        let mut sb = Session::new(&b, a.public_key(), None, None, 0);
+        let src: IpAddr = [127, 0, 0, 1].into();
+        let mut buf = vec![0u8; Session::buffer_len(1420)];
+        let mut to_b = Vec::new();
+        let mut packet = vec![0u8; 40];
+        packet[..4].copy_from_slice(&[0x45, 0, 0, 40]);
+        let len = sa.encapsulate(&packet, &mut buf).unwrap().unwrap();
+        to_b.push(buf[..len].to_vec());
+        // Shuttle datagrams until both sides are quiet; collect what reaches b's stack.
+        let mut delivered = Vec::new();
+        for _ in 0..4 {
+            let mut to_a = Vec::new();
+            for d in to_b.drain(..) {
+                let _ = sb.handle_datagram(src, &d, &mut buf.clone(), |out| match out {
+                    Output::Network(n) => to_a.push(n.to_vec()),
+                    Output::Tunnel(p) => delivered.push(p.to_vec()),
+                });
+            }
+            for d in to_a {
+                let _ = sa.handle_datagram(src, &d, &mut buf.clone(), |out| {
+                    if let Output::Network(n) = out {
+                        to_b.push(n.to_vec());
+                    }
+                });
+            }
+        }
+        assert_eq!(delivered, vec![packet]);
+    }
+}
