@@ -5,7 +5,8 @@
 //! answered (SYN-ACK) only after the agent has connected to `127.0.0.1:P`, or else `[::1]:P`;
 //! if both fail the flow is reset. UDP flows go to `127.0.0.1:P` (then `[::1]:P` when that port
 //! refuses), one local socket per client, closed after [`UDP_IDLE_S`] idle. Tunnel ports below
-//! [`FIRST_FORWARDED_PORT`] are reserved for the agent itself and never forwarded.
+//! [`FIRST_FORWARDED_PORT`] are reserved for the agent itself and never forwarded; tunnel port
+//! [`ports::PORTS_PORT`] reaches the agent's own listing of the workspace's listening ports.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -25,6 +26,7 @@ use crate::engine::{Engine, Ingress, Router};
 use crate::flow::run_tcp_flow;
 use crate::io::LocalIo;
 use crate::outer::OuterSocket;
+use crate::ports;
 use crate::tunnel::{Tunnel, TunnelAddrs, to_endpoint};
 use crate::udpflow::{Activity, UDP_IDLE_S, datagram_buffer, recv_stack, send_stack};
 
@@ -71,9 +73,11 @@ pub fn start<L: LocalIo>(config: AgentConfig) -> std::io::Result<Rc<Engine>> {
         })
         .collect();
     let keys = config.peers.iter().map(|p| p.public_key).collect();
-    let router = Router::Peers(PeerIndex::new(&config.private_key, keys));
+    let router = Router::Peers(Box::new(PeerIndex::new(&config.private_key, keys)));
     let engine = Engine::new(outer, tunnels, router);
+    let ports_listing = ports::serve_listing()?;
     let ingress: Rc<AgentIngress<L>> = Rc::new(AgentIngress {
+        ports_listing,
         state: Rc::default(),
         starts: RefCell::new(Vec::new()),
         backend: PhantomData,
@@ -98,6 +102,8 @@ struct AgentState {
 }
 
 struct AgentIngress<L> {
+    // The in-process listing service that tunnel port `ports::PORTS_PORT` reaches.
+    ports_listing: SocketAddr,
     state: Rc<RefCell<AgentState>>,
     starts: RefCell<Vec<FlowStart>>,
     backend: PhantomData<L>,
@@ -125,10 +131,16 @@ impl<L: LocalIo> Ingress for AgentIngress<L> {
 
 impl<L: LocalIo> AgentIngress<L> {
     fn open_tcp(&self, engine: &Rc<Engine>, t: usize, src: SocketAddr, dst: SocketAddr) {
-        // Reserved ports get no socket: the stack answers the SYN with a reset.
-        if dst.port() < FIRST_FORWARDED_PORT
-            || !self.state.borrow_mut().tcp_flows.insert((t, src, dst))
-        {
+        // Reserved ports get no socket (the stack answers the SYN with a reset), except the one
+        // that carries the listening-ports list to the agent's own listing service.
+        let targets = if dst.port() == ports::PORTS_PORT {
+            vec![self.ports_listing]
+        } else if dst.port() < FIRST_FORWARDED_PORT {
+            return;
+        } else {
+            local_targets(dst.port())
+        };
+        if !self.state.borrow_mut().tcp_flows.insert((t, src, dst)) {
             return;
         }
         let handle = {
@@ -151,7 +163,7 @@ impl<L: LocalIo> AgentIngress<L> {
             key: (t, src, dst),
         };
         tokio::task::spawn_local(async move {
-            answer_tcp::<L>(&engine, t, handle, dst.port()).await;
+            answer_tcp::<L>(&engine, t, handle, targets).await;
             drop(key);
         });
     }
@@ -190,8 +202,13 @@ impl Drop for FlowKeyGuard {
 }
 
 // Connects to the workspace port, then lets the stack answer the SYN; or resets the flow.
-async fn answer_tcp<L: LocalIo>(engine: &Rc<Engine>, t: usize, handle: SocketHandle, port: u16) {
-    match connect_local::<L>(port).await {
+async fn answer_tcp<L: LocalIo>(
+    engine: &Rc<Engine>,
+    t: usize,
+    handle: SocketHandle,
+    targets: Vec<SocketAddr>,
+) {
+    match connect_local::<L>(&targets).await {
         Some(stream) => {
             if let Some(tunnel) = engine.core.borrow_mut().tunnels.get_mut(t) {
                 tunnel.tcp(handle).pause_synack(false);
@@ -201,7 +218,7 @@ async fn answer_tcp<L: LocalIo>(engine: &Rc<Engine>, t: usize, handle: SocketHan
         }
         None => {
             tracing::debug!(
-                port,
+                ?targets,
                 "nothing listens on the workspace port; resetting the flow"
             );
             if let Some(tunnel) = engine.core.borrow_mut().tunnels.get_mut(t) {
@@ -215,12 +232,18 @@ async fn answer_tcp<L: LocalIo>(engine: &Rc<Engine>, t: usize, handle: SocketHan
     }
 }
 
-async fn connect_local<L: LocalIo>(port: u16) -> Option<L::Stream> {
+// A workspace port is dialled on 127.0.0.1, then [::1].
+fn local_targets(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+    ]
+}
+
+async fn connect_local<L: LocalIo>(targets: &[SocketAddr]) -> Option<L::Stream> {
     let timeout = Duration::from_secs(LOCAL_CONNECT_TIMEOUT_S);
-    for ip in [Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()] {
-        if let Ok(Ok(stream)) =
-            tokio::time::timeout(timeout, L::connect(SocketAddr::new(ip, port))).await
-        {
+    for target in targets {
+        if let Ok(Ok(stream)) = tokio::time::timeout(timeout, L::connect(*target)).await {
             return Some(stream);
         }
     }

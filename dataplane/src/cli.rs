@@ -313,6 +313,7 @@ impl RunWith for AgentJob {
         eprintln!("ferry agent listening on {addr} for {peers} peer(s)");
         eprintln!("Ready");
         wait_for_signal().await;
+        engine.reset_all();
         eprintln!("ferry agent: {}", engine.summary());
         Ok(0)
     }
@@ -363,9 +364,13 @@ impl RunWith for ForwardJob {
         }
         tokio::select! {
             () = forward.ready() => eprintln!("Ready"),
-            () = wait_for_signal() => return Ok(0),
+            () = wait_for_signal() => {
+                forward.engine.reset_all();
+                return Ok(0);
+            }
         }
         wait_for_signal().await;
+        forward.engine.reset_all();
         eprintln!("ferry port-forward: {}", forward.engine.summary());
         Ok(0)
     }
@@ -407,14 +412,19 @@ impl RunWith for NcJob {
             let result = copy_stdio(addr);
             let _ = done_tx.send(result);
         });
-        tokio::select! {
+        let result = tokio::select! {
             done = done_rx => match done {
                 Ok(Ok(())) => Ok(0),
                 Ok(Err(e)) => Err(Failure::Runtime(format!("connection failed: {e}"))),
                 Err(_) => Err(Failure::Runtime("stdio copy thread ended".into())),
             },
             () = wait_for_signal() => Ok(0),
-        }
+        };
+        // Let a flow that is closing normally finish, then reset whatever is left, so the
+        // workspace never keeps a connection open after we exit.
+        forward.engine.drain(NC_DRAIN).await;
+        forward.engine.reset_all();
+        result
     }
 }
 
@@ -429,16 +439,21 @@ fn copy_stdio(addr: SocketAddr) -> std::io::Result<()> {
     });
     let mut stdout = std::io::stdout().lock();
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let result = loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        if let Err(e) = stdout.write_all(&buf[..n]).and_then(|()| stdout.flush()) {
+            break Err(e);
         }
-        stdout.write_all(&buf[..n])?;
-        stdout.flush()?;
-    }
+    };
+    // The workspace side is done (or stdout is gone): close our side too, even if stdin is
+    // still open, so the flow ends now.
+    let _ = reader.shutdown(std::net::Shutdown::Both);
     drop(upload);
-    Ok(())
+    result
 }
 
 // The tunnel settings, from whichever source the user chose.
@@ -635,12 +650,14 @@ pub fn run_until_signal<R: RunWith<Output = Result<i32, Failure>>>(job: R) -> Re
         .map_err(|e| Failure::Runtime(format!("cannot start the runtime: {e}")))?
 }
 
-/// Resolves at the first SIGINT or SIGTERM; a second one exits the process at once.
+/// Resolves at the first SIGINT, SIGTERM or SIGHUP (ssh sends a ProxyCommand SIGHUP when
+/// its session ends); a second SIGINT or SIGTERM exits the process at once.
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
         std::future::pending::<()>().await;
         return;
@@ -648,6 +665,7 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
     eprintln!("ferry: shutting down (send the signal again to force)");
     std::thread::spawn(move || {
@@ -678,6 +696,8 @@ fn init_tracing() {
         .try_init();
 }
 
+/// How long `ferry nc` lets its flow close normally before resetting it.
+const NC_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// The default inner MTU.
 pub const DEFAULT_MTU: u16 = 1420;
 /// The default persistent keepalive of the port-forward side, in seconds.

@@ -41,7 +41,7 @@ pub enum Router {
     /// One tunnel, to one configured endpoint (the port-forward side).
     Single,
     /// One tunnel per configured peer, found by key or index (the agent side).
-    Peers(PeerIndex),
+    Peers(Box<PeerIndex>),
 }
 
 /// The state shared by an engine's tasks. Borrow it only between awaits.
@@ -113,6 +113,35 @@ impl Engine {
             *d = true;
         }
         self.poke.notify_one();
+    }
+
+    /// Resets every TCP flow (the peer sees a reset at once instead of a connection that
+    /// stays open until its keepalive gives up) and sends what that produced. For shutdown.
+    pub fn reset_all(&self) {
+        let now = self.now();
+        let mut core = self.core.borrow_mut();
+        for tunnel in &mut core.tunnels {
+            tunnel.abort_all_tcp();
+            tunnel.poll(now);
+        }
+        self.flush(&mut core);
+    }
+
+    /// Waits until no TCP flow is left (each closed normally), for at most `limit`.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .core
+                .borrow()
+                .tunnels
+                .iter()
+                .all(|t| t.tcp_flows() == 0)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(DRAIN_CHECK_MS)).await;
+        }
     }
 
     /// One line of counters: what was carried and what was dropped, and why.
@@ -335,5 +364,7 @@ async fn send_task(engine: Rc<Engine>) {
     }
 }
 
+// How often a draining shutdown looks for flows still closing.
+const DRAIN_CHECK_MS: u64 = 20;
 // How many receive calls (each up to 64 KiB coalesced) run before the stack is polled.
 const RECV_BATCH: usize = 16;

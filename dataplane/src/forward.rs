@@ -245,7 +245,7 @@ impl ClientState {
             warned: Cell::new(false),
             last_nudge: Cell::new(None),
             connecting: RefCell::new(Vec::new()),
-            ports: RefCell::new(Ports::default()),
+            ports: RefCell::new(Ports::starting_at_random()),
         }
     }
 
@@ -471,6 +471,18 @@ struct Ports {
 }
 
 impl Ports {
+    // Starts at a random port, so that successive processes with the same key and address do
+    // not reuse the 4-tuples of connections a previous one may have left open at the workspace.
+    fn starting_at_random() -> Self {
+        let mut bytes = [0u8; 2];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+        let span = LAST_PORT - FIRST_PORT;
+        Ports {
+            next: FIRST_PORT + u16::from_le_bytes(bytes) % span,
+            used: HashSet::new(),
+        }
+    }
+
     fn allocate(&mut self) -> Option<u16> {
         let span = u32::from(LAST_PORT - FIRST_PORT) + 1;
         for _ in 0..span {

@@ -6,7 +6,8 @@
 //! - [`tunnel`] and [`outbox`]: the protocol core, a WireGuard session plus a smoltcp TCP/IP
 //!   stack, driven with time and buffers as arguments and doing no I/O itself;
 //! - [`flow`] and [`udpflow`]: tasks that move bytes between local sockets and stack sockets;
-//! - [`agent`] and [`forward`]: the two roles, workspace side and laptop side;
+//! - [`agent`] and [`forward`]: the two roles, workspace side and laptop side, and [`ports`]:
+//!   the agent's listing of the workspace's listening ports;
 //! - [`spec`], [`config`], [`cli`] and [`demo`]: what the user types and sees.
 //!
 //! What this crate deliberately does not do: key handling and the WireGuard protocol itself
@@ -25,6 +26,7 @@ pub mod forward;
 pub mod io;
 pub mod outbox;
 pub mod outer;
+pub mod ports;
 pub mod spec;
 pub mod sys;
 pub mod tunnel;

@@ -246,6 +246,20 @@ impl Tunnel {
             .connect(cx, to_endpoint(remote), local_port)
     }
 
+    /// How many TCP flows have a socket.
+    pub fn tcp_flows(&self) -> usize {
+        self.tcp_sockets
+    }
+
+    /// Aborts every TCP socket: each sends a reset at the next poll.
+    pub fn abort_all_tcp(&mut self) {
+        for (_, socket) in self.sockets.iter_mut() {
+            if let smoltcp::socket::Socket::Tcp(tcp) = socket {
+                tcp.abort();
+            }
+        }
+    }
+
     /// Whether a socket is still in the set.
     pub fn has_socket(&self, handle: SocketHandle) -> bool {
         self.sockets.iter().any(|(h, _)| h == handle)

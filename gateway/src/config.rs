@@ -1,0 +1,357 @@
+//! The gateway's configuration file (TOML), parsed into checked types.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//! app_domain = "apps.example.test:8080"   # with its port when not 80
+//! private_key_file = "gateway.key"        # the gateway's WireGuard key (wg's base64)
+//! database = "shares.sqlite"              # share state; relative to the config file
+//!
+//! [[users]]
+//! name = "alice"
+//! token_sha256 = "9f86d0..."              # hex SHA-256 of the API token
+//!
+//! [templates.dev]
+//! max_share_level = "public"              # default "owner": sharing disabled
+//! default_owner = "alice"                 # for workspaces that name no owner
+//!
+//! [[workspaces]]
+//! name = "myws"
+//! owner = "alice"
+//! agent = "main"
+//! endpoint = "127.0.0.1:51820"
+//! public_key = "base64..."
+//! template = "dev"
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ferry_crypto::keys::PublicKey;
+use serde::Deserialize;
+
+use crate::access::ShareLevel;
+use crate::host::{HostError, MAX_LABEL_LEN, Name};
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the gateway listens for browsers.
+    pub listen: SocketAddr,
+    /// The wildcard parent domain of app hosts, with its port when not 80.
+    pub app_domain: String,
+    /// The gateway's WireGuard private key file.
+    pub private_key_file: PathBuf,
+    /// The SQLite database holding share state.
+    pub database: PathBuf,
+    /// Users by name.
+    pub users: HashMap<Name, User>,
+    /// Workspaces by name.
+    pub workspaces: HashMap<Name, Workspace>,
+}
+
+/// A user of the deployment.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// The user's name.
+    pub name: Name,
+    /// The SHA-256 of the user's API token.
+    pub token_sha256: [u8; 32],
+}
+
+/// A workspace the gateway can reach.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The workspace's name.
+    pub name: Name,
+    /// The owning user.
+    pub owner: Name,
+    /// The agent's name.
+    pub agent: Name,
+    /// The agent's tunnel endpoint.
+    pub endpoint: SocketAddr,
+    /// The agent's public key.
+    pub public_key: PublicKey,
+    /// The highest share level its template allows.
+    pub max_share_level: ShareLevel,
+}
+
+impl Config {
+    /// Reads and checks a configuration file; relative paths in it are taken from its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// Parses and checks configuration text; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let users = check_users(&raw.users)?;
+        let workspaces = check_workspaces(&raw, &users)?;
+        Ok(Config {
+            listen: raw.listen,
+            app_domain: raw.app_domain.to_ascii_lowercase(),
+            private_key_file: base.join(raw.private_key_file),
+            database: base.join(raw.database),
+            users,
+            workspaces,
+        })
+    }
+
+    /// The cookie domain: the app domain without its port.
+    pub fn cookie_domain(&self) -> &str {
+        match self.app_domain.rsplit_once(':') {
+            Some((host, _)) => host,
+            None => &self.app_domain,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or missing fields.
+    #[error("configuration: {0}")]
+    Syntax(String),
+    /// A name is not usable in an app URL.
+    #[error("configuration: {0}")]
+    Name(#[from] HostError),
+    /// A token hash is not 64 hex digits.
+    #[error("configuration: user {0}: token_sha256 must be 64 hex digits")]
+    TokenHash(String),
+    /// A reference to a user or template that is not defined, or a duplicate.
+    #[error("configuration: {0}")]
+    Reference(String),
+    /// A workspace's names are too long for any app URL.
+    #[error(
+        "configuration: workspace {workspace}: even the shortest app label \
+         (4-digit port) would be {len} characters, and a DNS label holds at most 63"
+    )]
+    TooLong { workspace: String, len: usize },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: SocketAddr,
+    app_domain: String,
+    private_key_file: PathBuf,
+    database: PathBuf,
+    #[serde(default)]
+    users: Vec<RawUser>,
+    #[serde(default)]
+    templates: BTreeMap<String, RawTemplate>,
+    #[serde(default)]
+    workspaces: Vec<RawWorkspace>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    token_sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    #[serde(default)]
+    max_share_level: ShareLevel,
+    default_owner: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkspace {
+    name: String,
+    owner: Option<String>,
+    agent: String,
+    endpoint: SocketAddr,
+    public_key: String,
+    template: String,
+}
+
+fn check_users(raw: &[RawUser]) -> Result<HashMap<Name, User>, ConfigError> {
+    let mut users = HashMap::new();
+    for u in raw {
+        let name = Name::parse(&u.name)?;
+        let token_sha256 =
+            parse_hash(&u.token_sha256).ok_or_else(|| ConfigError::TokenHash(u.name.clone()))?;
+        let user = User {
+            name: name.clone(),
+            token_sha256,
+        };
+        if users.insert(name, user).is_some() {
+            return Err(ConfigError::Reference(format!(
+                "user {} appears twice",
+                u.name
+            )));
+        }
+    }
+    Ok(users)
+}
+
+fn check_workspaces(
+    raw: &RawConfig,
+    users: &HashMap<Name, User>,
+) -> Result<HashMap<Name, Workspace>, ConfigError> {
+    let mut workspaces = HashMap::new();
+    for w in &raw.workspaces {
+        let workspace = check_workspace(w, raw, users)?;
+        if workspaces
+            .insert(workspace.name.clone(), workspace)
+            .is_some()
+        {
+            return Err(ConfigError::Reference(format!(
+                "workspace {} appears twice",
+                w.name
+            )));
+        }
+    }
+    Ok(workspaces)
+}
+
+fn check_workspace(
+    w: &RawWorkspace,
+    raw: &RawConfig,
+    users: &HashMap<Name, User>,
+) -> Result<Workspace, ConfigError> {
+    let missing = |what: &str| ConfigError::Reference(format!("workspace {}: {what}", w.name));
+
+    // Template, then owner (the workspace's own, else the template's default).
+    let template = raw
+        .templates
+        .get(&w.template)
+        .ok_or_else(|| missing(&format!("template {} is not defined", w.template)))?;
+    let owner = w
+        .owner
+        .as_deref()
+        .or(template.default_owner.as_deref())
+        .ok_or_else(|| missing("no owner, and its template names no default_owner"))?;
+    let owner = Name::parse(owner)?;
+    if !users.contains_key(&owner) {
+        return Err(missing(&format!("owner {owner} is not a user")));
+    }
+
+    // Names must fit in a label with the shortest port.
+    let (name, agent) = (Name::parse(&w.name)?, Name::parse(&w.agent)?);
+    let len = 4 + 6 + name.as_str().len() + agent.as_str().len() + owner.as_str().len();
+    if len > MAX_LABEL_LEN {
+        return Err(ConfigError::TooLong {
+            workspace: w.name.clone(),
+            len,
+        });
+    }
+    let public_key = w
+        .public_key
+        .parse()
+        .map_err(|e| missing(&format!("public_key: {e}")))?;
+    Ok(Workspace {
+        name,
+        owner,
+        agent,
+        endpoint: w.endpoint,
+        public_key,
+        max_share_level: template.max_share_level,
+    })
+}
+
+/// Parses 64 hex digits.
+pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim().as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in text.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        *out.get_mut(i)? = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+
+    fn text(extra: &str) -> String {
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+app_domain = "Apps.Example.Test:8080"
+private_key_file = "gw.key"
+database = "shares.sqlite"
+[[users]]
+name = "alice"
+token_sha256 = "{}"
+[templates.dev]
+max_share_level = "authenticated"
+default_owner = "alice"
+{extra}
+"#,
+            "ab".repeat(32)
+        )
+    }
+
+    #[test]
+    fn workspace_takes_the_template_default_owner_and_cap() {
+        let ws = format!(
+            "[[workspaces]]\nname = \"ws\"\nagent = \"main\"\nendpoint = \"127.0.0.1:1\"\n\
+             public_key = \"{KEY}\"\ntemplate = \"dev\"\n"
+        );
+        let c = Config::parse(&text(&ws), Path::new("/etc/ferry")).unwrap();
+        let w = &c.workspaces[&Name::parse("ws").unwrap()];
+        assert_eq!(w.owner.as_str(), "alice");
+        assert_eq!(w.max_share_level, ShareLevel::Authenticated);
+        assert_eq!(c.app_domain, "apps.example.test:8080");
+        assert_eq!(c.cookie_domain(), "apps.example.test");
+        assert_eq!(c.database, Path::new("/etc/ferry/shares.sqlite"));
+    }
+
+    #[test]
+    fn unknown_template_and_owner_are_refused() {
+        let ws = format!(
+            "[[workspaces]]\nname = \"ws\"\nowner = \"bob\"\nagent = \"main\"\n\
+             endpoint = \"127.0.0.1:1\"\npublic_key = \"{KEY}\"\ntemplate = \"dev\"\n"
+        );
+        let e = Config::parse(&text(&ws), Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("owner bob is not a user"), "{e}");
+        let ws = ws.replace("\"dev\"", "\"prod\"");
+        let e = Config::parse(&text(&ws), Path::new(".")).unwrap_err();
+        assert!(
+            e.to_string().contains("template prod is not defined"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_too_long_for_any_label_are_refused() {
+        let long = "w".repeat(50);
+        let ws = format!(
+            "[[workspaces]]\nname = \"{long}\"\nagent = \"main\"\nendpoint = \"127.0.0.1:1\"\n\
+             public_key = \"{KEY}\"\ntemplate = \"dev\"\n"
+        );
+        let e = Config::parse(&text(&ws), Path::new(".")).unwrap_err();
+        assert!(e.to_string().contains("at most 63"), "{e}");
+    }
+
+    #[test]
+    fn token_hash_must_be_hex() {
+        assert!(parse_hash(&"0f".repeat(32)).is_some());
+        assert!(parse_hash(&"0g".repeat(32)).is_none());
+        assert!(parse_hash("00").is_none());
+    }
+}

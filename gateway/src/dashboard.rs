@@ -1,0 +1,186 @@
+//! A small web page per workspace, for its owner: the open ports (detected by the agent, plus
+//! shared ones not listening now), each with its app URL and share level and protocol controls.
+//!
+//! - `GET  /workspaces/WS`              the page (signed-out: sent to sign in)
+//! - `POST /workspaces/WS/shares/PORT`  form `level=...&protocol=...`, then back to the page
+//!
+//! Plain HTML forms, no script. The session cookie is `SameSite=Lax`, so another site cannot
+//! post these forms with it. App health is not shown: healthchecks are not implemented yet.
+
+use std::collections::BTreeMap;
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::access::ShareLevel;
+use crate::api::checked_share;
+use crate::config::Workspace;
+use crate::pages::{self, Body, escape};
+use crate::server::Gateway;
+use crate::store::{Protocol, Share};
+
+/// Answers a request under `/workspaces/`.
+pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let rest = path.strip_prefix("/workspaces/").unwrap_or_default();
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (viewer, _) = gateway.viewer(req.headers());
+    let Some(viewer) = viewer else {
+        return gateway.to_sign_in(&req);
+    };
+    let name = parts.first().copied().unwrap_or_default();
+    let workspace = gateway
+        .config
+        .workspaces
+        .values()
+        .find(|w| w.name.as_str() == name && w.owner == viewer);
+    let Some(workspace) = workspace else {
+        return pages::page(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "You own no such workspace.",
+        );
+    };
+    match (req.method().clone(), &parts[1..]) {
+        (Method::GET, []) => page(gateway, workspace).await,
+        (Method::POST, ["shares", port]) => {
+            let port = port.parse().unwrap_or(0);
+            update(gateway, workspace, port, req).await
+        }
+        _ => pages::page(StatusCode::NOT_FOUND, "Not found", "There is nothing here."),
+    }
+}
+
+async fn page(gateway: &Gateway, workspace: &Workspace) -> Response<Body> {
+    // Detected ports, then shares (a shared port may not be listening right now).
+    let detected = gateway.agent_ports(workspace).await;
+    let mut rows: BTreeMap<u16, (bool, Option<Share>)> = BTreeMap::new();
+    let notice = match &detected {
+        Ok(ports) => {
+            let shown = ports
+                .iter()
+                .filter(|p| !ferry_dataplane::ports::is_system_port(**p));
+            rows.extend(shown.map(|p| (*p, (true, None))));
+            String::new()
+        }
+        Err(e) => format!(
+            "<p role=\"alert\">Listening ports unavailable: {}</p>",
+            escape(e)
+        ),
+    };
+    for share in gateway
+        .store
+        .list(workspace.name.as_str())
+        .unwrap_or_default()
+    {
+        let port = share.port;
+        rows.entry(port).or_insert((false, None)).1 = Some(share);
+    }
+
+    let body: String = rows
+        .iter()
+        .map(|(port, (listening, share))| {
+            row(gateway, workspace, *port, *listening, share.as_ref())
+        })
+        .collect();
+    let ws = escape(workspace.name.as_str());
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{ws} ports</title>{STYLE}</head>\
+         <body><h1>Workspace {ws}</h1>{notice}<p>Maximum share level: {cap}</p>\
+         <table><thead><tr><th>Port</th><th>Listening</th><th>App URL</th><th>Share</th></tr>\
+         </thead><tbody>{body}</tbody></table></body></html>\n",
+        cap = workspace.max_share_level
+    );
+    pages::html_response(StatusCode::OK, html)
+}
+
+fn row(
+    gateway: &Gateway,
+    workspace: &Workspace,
+    port: u16,
+    listening: bool,
+    share: Option<&Share>,
+) -> String {
+    let level = share.map_or(ShareLevel::Owner, |s| s.level);
+    let protocol = share.map_or(Protocol::Http, |s| s.protocol);
+    let shown = Share {
+        workspace: workspace.name.to_string(),
+        agent: workspace.agent.to_string(),
+        port,
+        level,
+        protocol,
+    };
+    let url = crate::api::share_json(gateway, workspace, &shown)["url"]
+        .as_str()
+        .map(|u| format!("<a href=\"{0}\">{0}</a>", escape(u)))
+        .unwrap_or_else(|| "(name too long for a URL)".into());
+    let option = |value: &str, selected: bool| {
+        let sel = if selected { " selected" } else { "" };
+        format!("<option value=\"{value}\"{sel}>{value}</option>")
+    };
+    let levels: String = [
+        ShareLevel::Owner,
+        ShareLevel::Authenticated,
+        ShareLevel::Public,
+    ]
+    .iter()
+    .filter(|l| **l <= workspace.max_share_level)
+    .map(|l| option(l.as_str(), *l == level))
+    .collect();
+    let protocols =
+        option("http", protocol == Protocol::Http) + &option("https", protocol == Protocol::Https);
+    format!(
+        "<tr><td>{port}</td><td>{listening}</td><td>{url}</td><td>\
+         <form method=\"post\" action=\"/workspaces/{ws}/shares/{port}\">\
+         <select name=\"level\" aria-label=\"share level\">{levels}</select> \
+         <select name=\"protocol\" aria-label=\"protocol\">{protocols}</select> \
+         <button type=\"submit\">Save</button></form></td></tr>",
+        listening = if listening { "yes" } else { "no" },
+        ws = escape(workspace.name.as_str()),
+    )
+}
+
+async fn update(
+    gateway: &Gateway,
+    workspace: &Workspace,
+    port: u16,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Ok(body) = Limited::new(req.into_body(), FORM_LIMIT_BYTES)
+        .collect()
+        .await
+    else {
+        return pages::page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Form too large",
+            "Try again.",
+        );
+    };
+    let form = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    let level = pages::form_value(&form, "level").and_then(|l| l.parse().ok());
+    let protocol = match pages::form_value(&form, "protocol").as_deref() {
+        Some("https") => Protocol::Https,
+        _ => Protocol::Http,
+    };
+    let Some(level) = level else {
+        return pages::page(
+            StatusCode::BAD_REQUEST,
+            "Cannot share",
+            "Choose a share level.",
+        );
+    };
+    let result = checked_share(workspace, port, level, protocol)
+        .and_then(|share| gateway.store.put(&share).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => {
+            let back = format!("/workspaces/{}", workspace.name);
+            pages::redirect(StatusCode::SEE_OTHER, &back)
+        }
+        Err(message) => pages::page(StatusCode::BAD_REQUEST, "Cannot share", &message),
+    }
+}
+
+const FORM_LIMIT_BYTES: usize = 16 * 1024;
+const STYLE: &str = "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
+                     td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style>";

@@ -1,0 +1,248 @@
+//! Proxying one request to an app, streaming both bodies.
+//!
+//! The upstream is a loopback listener of the workspace's tunnel; each request opens its own
+//! HTTP/1.1 connection to it (no pooling). Bodies flow through as hyper streams them, never
+//! gathered whole. The request loses hop-by-hop headers, the gateway's session cookie and, when
+//! the gateway used it to sign the viewer in, its `Authorization` header; it gains
+//! `X-Forwarded-For`, `-Proto` and `-Host`. The original `Host` is kept, so apps build
+//! correct absolute URLs. An upgrade (WebSocket) keeps its `Connection: upgrade` and `Upgrade`
+//! headers, and after the app's 101 the two connections are spliced byte for byte.
+
+use std::net::SocketAddr;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::upgrade::OnUpgrade;
+use hyper::{HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::access::SESSION_COOKIE;
+use crate::pages::Body;
+
+/// What the proxy needs besides the request.
+pub struct Upstream {
+    /// The loopback address that reaches the app.
+    pub addr: SocketAddr,
+    /// The browser's address.
+    pub client: SocketAddr,
+    /// Whether `Authorization` carried the gateway's token and must not reach the app.
+    pub strip_authorization: bool,
+}
+
+/// Sends `request` to the app and returns its response, bodies streaming. An upgrade (a
+/// WebSocket) that the app accepts with 101 is then spliced through in both directions.
+pub async fn forward(
+    mut request: Request<Incoming>,
+    upstream: &Upstream,
+) -> Result<Response<Body>, ProxyError> {
+    // An upgrade request keeps its Upgrade header; the browser's side is taken for splicing.
+    let protocol = upgrade_protocol(request.headers());
+    let browser_side = protocol.is_some().then(|| hyper::upgrade::on(&mut request));
+    rewrite_request(request.headers_mut(), upstream);
+    if let Some(protocol) = protocol {
+        let headers = request.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = path.parse().map_err(|_| ProxyError::BadPath)?;
+
+    // One connection per request, driven by its own task.
+    let stream = tokio::net::TcpStream::connect(upstream.addr)
+        .await
+        .map_err(ProxyError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ProxyError::Upstream)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+
+    let mut response = sender
+        .send_request(request)
+        .await
+        .map_err(ProxyError::Upstream)?;
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match browser_side {
+        Some(browser_side) if switched => splice(browser_side, &mut response),
+        _ => remove_hop_by_hop(response.headers_mut()),
+    }
+    Ok(response.map(|b| b.boxed()))
+}
+
+// Once both sides have switched protocols, copies bytes between them until either closes.
+fn splice(browser_side: OnUpgrade, response: &mut Response<Incoming>) {
+    let app_side = hyper::upgrade::on(&mut *response);
+    tokio::spawn(async move {
+        let (Ok(browser), Ok(app)) = (browser_side.await, app_side.await) else {
+            tracing::debug!("an upgrade did not complete");
+            return;
+        };
+        let (mut browser, mut app) = (TokioIo::new(browser), TokioIo::new(app));
+        if let Err(e) = tokio::io::copy_bidirectional(&mut browser, &mut app).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}
+
+// The protocol a request asks to upgrade to, when its Connection header says "upgrade".
+fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Why an app could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request target has no usable path.
+    #[error("the request path is not valid")]
+    BadPath,
+    /// The tunnel's loopback listener refused (the tunnel thread stopped).
+    #[error("cannot reach the workspace tunnel: {0}")]
+    Connect(std::io::Error),
+    /// The app closed the connection or sent something that is not HTTP (often: nothing
+    /// listens on that port in the workspace).
+    #[error("the app did not answer: {0}")]
+    Upstream(hyper::Error),
+}
+
+// Removes what must not reach the app and adds the forwarding headers.
+fn rewrite_request(headers: &mut HeaderMap, upstream: &Upstream) {
+    remove_hop_by_hop(headers);
+    strip_session_cookie(headers);
+    if upstream.strip_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+
+    let host = headers.get(header::HOST).cloned();
+    let client = upstream.client.ip().to_string();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {client}"),
+        None => client,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match host {
+        Some(h) => headers.insert(X_FORWARDED_HOST, h),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
+}
+
+// Keeps every cookie but the gateway's own.
+fn strip_session_cookie(headers: &mut HeaderMap) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.split('=').next() != Some(SESSION_COOKIE))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if kept.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+// Hop-by-hop headers (RFC 9110 section 7.6.1), plus those the Connection header names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_loses_gateway_secrets_and_gains_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("8080--a--b--c.apps.test"),
+        );
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("app=1; ferry_session=s3cret; b=2"),
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer tok"),
+        );
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        let upstream = Upstream {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            client: SocketAddr::from(([127, 0, 0, 2], 5555)),
+            strip_authorization: true,
+        };
+        rewrite_request(&mut h, &upstream);
+        assert_eq!(h[header::COOKIE], "app=1; b=2");
+        assert!(!h.contains_key(header::AUTHORIZATION));
+        assert!(!h.contains_key("x-private"));
+        assert!(!h.contains_key(header::CONNECTION));
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.2");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "8080--a--b--c.apps.test");
+    }
+
+    #[test]
+    fn only_cookie_being_the_gateways_removes_the_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("ferry_session=s3cret"),
+        );
+        strip_session_cookie(&mut h);
+        assert!(!h.contains_key(header::COOKIE));
+    }
+}

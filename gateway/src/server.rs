@@ -1,0 +1,376 @@
+//! The HTTP front: routes each request by its `Host` to the gateway's own pages and API (the
+//! app domain itself) or to an app (one label under it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferry_crypto::keys::PrivateKey;
+use ferry_dataplane::ports::PORTS_PORT;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::access::{Access, SESSION_COOKIE, Sessions, ShareLevel, decide, user_by_token};
+use crate::config::{Config, Workspace};
+use crate::cors;
+use crate::host::{AppHost, HostError, Name};
+use crate::pages::{self, Body};
+use crate::proxy::{self, Upstream};
+use crate::store::{Store, StoreError};
+use crate::tunnels::Tunnels;
+
+/// A running gateway's shared state.
+pub struct Gateway {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    sessions: Sessions,
+    tunnels: Tunnels,
+}
+
+impl Gateway {
+    /// Reads the gateway's key and opens its share database.
+    pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
+        let key = PrivateKey::from_file(&config.private_key_file)
+            .map_err(|e| StartError::Key(e.to_string()))?;
+        let store = Store::open(&config.database)?;
+        Ok(Arc::new(Gateway {
+            config,
+            store,
+            sessions: Sessions::default(),
+            tunnels: Tunnels::new(key),
+        }))
+    }
+
+    /// Serves browsers on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, client) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let gateway = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "browser connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let host = request_host(&req).to_ascii_lowercase();
+        if host == self.config.app_domain {
+            return self.handle_own(req).await;
+        }
+        match AppHost::parse(&host, &self.config.app_domain) {
+            Ok(app) => self.handle_app(req, app, client).await,
+            Err(HostError::NotUnderAppDomain) => pages::page(
+                StatusCode::BAD_REQUEST,
+                "Not an app address",
+                &format!(
+                    "This gateway serves apps at PORT--AGENT--WORKSPACE--USER.{}; \
+                     the host `{host}` is not one of them.",
+                    self.config.app_domain
+                ),
+            ),
+            Err(e) => pages::page(
+                StatusCode::BAD_REQUEST,
+                "Malformed app address",
+                &e.to_string(),
+            ),
+        }
+    }
+
+    // The gateway's own pages and API, on the app domain itself.
+    async fn handle_own(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/signin") => {
+                let back = req
+                    .uri()
+                    .query()
+                    .and_then(|q| pages::form_value(q, "return"));
+                pages::sign_in(StatusCode::OK, &self.safe_return(back.as_deref()), None)
+            }
+            (Method::POST, "/signin") => self.handle_sign_in(req).await,
+            (_, p) if p.starts_with("/api/") => crate::api::handle(self, req).await,
+            (_, p) if p.starts_with("/workspaces/") => crate::dashboard::handle(self, req).await,
+            _ => pages::page(StatusCode::NOT_FOUND, "Not found", "There is nothing here."),
+        }
+    }
+
+    // A sign-in form post: on a valid token, a session cookie and a redirect back.
+    async fn handle_sign_in(&self, req: Request<Incoming>) -> Response<Body> {
+        let Ok(body) = Limited::new(req.into_body(), FORM_LIMIT_BYTES)
+            .collect()
+            .await
+        else {
+            return pages::page(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Form too large",
+                "Try again.",
+            );
+        };
+        let form = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        let back = self.safe_return(pages::form_value(&form, "return").as_deref());
+        let token = pages::form_value(&form, "token").unwrap_or_default();
+        let Some(user) = user_by_token(&self.config.users, &token) else {
+            let error = Some("That token is not valid.");
+            return pages::sign_in(StatusCode::UNAUTHORIZED, &back, error);
+        };
+        let id = self.sessions.start(user.name.clone());
+        let cookie = format!(
+            "{SESSION_COOKIE}={id}; Domain={}; Path=/; HttpOnly; SameSite=Lax",
+            self.config.cookie_domain()
+        );
+        let mut response = pages::redirect(StatusCode::SEE_OTHER, &back);
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        response
+    }
+
+    // Only the gateway's own URLs are valid return targets (no open redirect).
+    fn safe_return(&self, back: Option<&str>) -> String {
+        let domain = &self.config.app_domain;
+        let home = format!("http://{domain}/");
+        let Some(back) = back else { return home };
+        let Some(rest) = back.strip_prefix("http://") else {
+            return home;
+        };
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let ours = host.eq_ignore_ascii_case(domain) || AppHost::parse(host, domain).is_ok();
+        if ours { back.to_owned() } else { home }
+    }
+
+    // A request for an app: CORS preflight, access decision, then the proxy.
+    async fn handle_app(
+        &self,
+        req: Request<Incoming>,
+        app: AppHost,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let domain = &self.config.app_domain;
+        if cors::is_preflight(req.method(), req.headers()) {
+            let mut r = Response::new(pages::full(bytes::Bytes::new()));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            *r.headers_mut() = cors::preflight_headers(req.headers(), &app.user, domain);
+            return r;
+        }
+
+        // Who is asking, and may they?
+        let (viewer, by_bearer) = self.viewer(req.headers());
+        let workspace = self.workspace_of(&app);
+        let level = match workspace.map(|w| self.level(w, &app)).transpose() {
+            Ok(level) => level,
+            Err(e) => return store_failure(&e),
+        };
+        let access = match (workspace, level) {
+            (Some(w), Some(level)) => decide(level, &w.owner, viewer.as_ref()),
+            _ if viewer.is_none() => Access::SignIn,
+            _ => Access::NotFound,
+        };
+        match access {
+            Access::Allow => {}
+            Access::SignIn => return self.to_sign_in(&req),
+            Access::NotFound => return not_found(),
+        }
+        let Some(workspace) = workspace else {
+            return not_found();
+        };
+        if app.https {
+            return pages::page(
+                StatusCode::BAD_GATEWAY,
+                "HTTPS upstreams are not supported yet",
+                "This gateway cannot yet speak TLS to apps; open the port without the `s` suffix \
+                 if the app also serves plain HTTP.",
+            );
+        }
+        self.proxy(req, workspace, &app, client, by_bearer).await
+    }
+
+    async fn proxy(
+        &self,
+        req: Request<Incoming>,
+        workspace: &Workspace,
+        app: &AppHost,
+        client: SocketAddr,
+        strip_authorization: bool,
+    ) -> Response<Body> {
+        let request_headers = req.headers().clone();
+        let addr = match self.tunnels.port(workspace, app.port).await {
+            Ok(addr) => addr,
+            Err(e) => {
+                return pages::page(
+                    StatusCode::BAD_GATEWAY,
+                    "Workspace unreachable",
+                    &e.to_string(),
+                );
+            }
+        };
+        let upstream = Upstream {
+            addr,
+            client,
+            strip_authorization,
+        };
+        match proxy::forward(req, &upstream).await {
+            Ok(mut response) => {
+                let domain = &self.config.app_domain;
+                cors::rewrite_response(response.headers_mut(), &request_headers, &app.user, domain);
+                response
+            }
+            Err(e) => pages::page(
+                StatusCode::BAD_GATEWAY,
+                "The app did not answer",
+                &format!(
+                    "Port {} in workspace {}: {e}. Is the app listening?",
+                    app.port, app.workspace
+                ),
+            ),
+        }
+    }
+
+    /// The workspace's listening TCP ports, as its agent reports them on its reserved port.
+    pub(crate) async fn agent_ports(&self, workspace: &Workspace) -> Result<Vec<u16>, String> {
+        let addr = self
+            .tunnels
+            .port(workspace, PORTS_PORT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fetch = async {
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = Request::get("/ports")
+                .header(header::HOST, "agent")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let body = Limited::new(resp.into_body(), LISTING_LIMIT_BYTES)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let listing: Listing =
+                serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
+            Ok::<_, String>(listing.ports)
+        };
+        tokio::time::timeout(LISTING_TIMEOUT, fetch)
+            .await
+            .map_err(|_| "the agent did not send its port list in time".to_owned())?
+            .map_err(|e| format!("cannot read the agent's port list: {e}"))
+    }
+
+    // The signed-in user: a session cookie, or an API token as `Authorization: Bearer`.
+    // The flag says the Authorization header was the gateway's and must be stripped.
+    pub(crate) fn viewer(&self, headers: &hyper::HeaderMap) -> (Option<Name>, bool) {
+        if let Some(user) = bearer_token(headers).and_then(|t| user_by_token(&self.config.users, t))
+        {
+            return (Some(user.name.clone()), true);
+        }
+        let by_cookie =
+            pages::cookie(headers, SESSION_COOKIE).and_then(|id| self.sessions.user(&id));
+        (by_cookie, false)
+    }
+
+    // The workspace an app host names, if its agent and owner match too.
+    fn workspace_of(&self, app: &AppHost) -> Option<&Workspace> {
+        self.config
+            .workspaces
+            .get(&app.workspace)
+            .filter(|w| w.agent == app.agent && w.owner == app.user)
+    }
+
+    // A port's share level, capped by the template (the cap may have dropped since).
+    fn level(&self, workspace: &Workspace, app: &AppHost) -> Result<ShareLevel, StoreError> {
+        let share =
+            self.store
+                .share(workspace.name.as_str(), workspace.agent.as_str(), app.port)?;
+        let level = share.map(|s| s.level).unwrap_or_default();
+        Ok(level.min(workspace.max_share_level))
+    }
+
+    pub(crate) fn to_sign_in(&self, req: &Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let back = format!("http://{}{path}", request_host(req));
+        let location = format!(
+            "http://{}/signin?return={}",
+            self.config.app_domain,
+            pages::percent_encode(&back)
+        );
+        pages::redirect(StatusCode::FOUND, &location)
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The private key file is missing or malformed.
+    #[error("gateway private key: {0}")]
+    Key(String),
+    /// The share database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The request's host: the `Host` header, else the URI's authority.
+pub(crate) fn request_host(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
+pub(crate) fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn not_found() -> Response<Body> {
+    pages::page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        "No app is available at this address.",
+    )
+}
+
+fn store_failure(e: &StoreError) -> Response<Body> {
+    tracing::error!(error = %e, "share database failed");
+    pages::page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Gateway error",
+        "The share database failed.",
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Listing {
+    ports: Vec<u16>,
+}
+
+const FORM_LIMIT_BYTES: usize = 16 * 1024;
+const LISTING_LIMIT_BYTES: usize = 1024 * 1024;
+const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
