@@ -7,9 +7,10 @@
 //! the viewer's session, answers CORS itself, and proxies HTTP to the app with both bodies
 //! streaming. Share state lives in SQLite; users, workspaces and templates in a TOML file.
 //!
-//! Not done yet (see the crate's report and `docs/limitations.md`): TLS towards browsers and
-//! towards HTTPS upstreams (the `s` suffix answers 502 with an explanation), WebSocket upgrades,
-//! app healthchecks, and a browser-driven (Chromium) test of the workspace page.
+//! Not done yet (see `docs/limitations.md`): TLS towards browsers and towards HTTPS upstreams
+//! (the `s` suffix answers 502 with an explanation), app healthchecks, and a browser-driven
+//! (Chromium) test of the workspace page. Upgrades (WebSocket) are spliced byte for byte after
+//! the app's 101 answer, tested with a raw echo rather than a WebSocket codec.
 //! Sessions are kept in memory, so a restart signs browsers out.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
