@@ -24,6 +24,10 @@ cargo clippy --release --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --release --workspace --bins
 echo "== tests"
-cargo test --release --workspace
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace 2>&1 | tee "$log"
 echo "== demo"
 timeout 300 target/release/ferry demo --mebibytes 64
+# One closing line over every test binary (cargo prints one summary per binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
