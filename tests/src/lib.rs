@@ -71,7 +71,7 @@ pub fn ferry_command(args: &[String]) -> Command {
 // The child gets SIGKILL if the thread that spawned it ends, as a backstop to `Drop` (for
 // example when the test process is killed). Spawn long-lived children from the test's thread.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
     unsafe {
         cmd.pre_exec(|| {

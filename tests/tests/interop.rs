@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+use ferry_tests::die_with_parent;
 use sha2::{Digest, Sha256};
 
 /// The per-test bound; the watchdog kills everything and exits the test binary past it. The
@@ -288,19 +289,6 @@ fn command(ns: Option<&str>, args: &[String]) -> Command {
     cmd.process_group(0);
     die_with_parent(&mut cmd);
     cmd
-}
-
-// The child gets SIGKILL if the thread that spawned it (the test's thread) ends: a backstop
-// to Drop for when the test binary itself is killed.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches nothing of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
 }
 
 /// What a finished command printed.
