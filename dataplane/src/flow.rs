@@ -53,12 +53,13 @@ async fn local_to_tunnel<S: LocalStream>(
     handle: SocketHandle,
     stream: &Rc<S>,
 ) {
-    let mut buf = Vec::with_capacity(CHUNK_BYTES);
+    let mut buf = Vec::with_capacity(chunk_len(engine, t, handle));
     loop {
         let Some(room) = wait_send_room(engine, t, handle).await else {
             return;
         };
-        let (result, returned) = stream.read(buf, room.min(CHUNK_BYTES)).await;
+        let max = room.min(buf.capacity());
+        let (result, returned) = stream.read(buf, max).await;
         buf = returned;
         let mut core = engine.core.borrow_mut();
         let Some(tunnel) = core.tunnels.get_mut(t) else {
@@ -100,7 +101,7 @@ async fn tunnel_to_local<S: LocalStream>(
     handle: SocketHandle,
     stream: &Rc<S>,
 ) -> End {
-    let mut buf = vec![0; CHUNK_BYTES];
+    let mut buf = vec![0; chunk_len(engine, t, handle)];
     loop {
         let got = wait_received(engine, t, handle, &mut buf).await;
         engine.poke(t);
@@ -208,6 +209,17 @@ async fn release_tcp(engine: &Rc<Engine>, t: usize, handle: SocketHandle) {
     if let Some(tunnel) = engine.core.borrow_mut().tunnels.get_mut(t) {
         tunnel.remove(handle);
     }
+}
+
+// A flow's chunk buffer: at most CHUNK_BYTES, and no larger than its stack socket's buffers (small
+// when many flows share the tunnel's memory budget).
+fn chunk_len(engine: &Engine, t: usize, handle: SocketHandle) -> usize {
+    let mut core = engine.core.borrow_mut();
+    let capacity = core.tunnels.get_mut(t).map_or(CHUNK_BYTES, |tunnel| {
+        let socket = tunnel.tcp(handle);
+        socket.recv_capacity().max(socket.send_capacity())
+    });
+    capacity.clamp(1, CHUNK_BYTES)
 }
 
 fn is_opening(state: State) -> bool {
