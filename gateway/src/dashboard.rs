@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -147,17 +146,10 @@ async fn update(
     port: u16,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let Ok(body) = Limited::new(req.into_body(), FORM_LIMIT_BYTES)
-        .collect()
-        .await
-    else {
-        return pages::page(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Form too large",
-            "Try again.",
-        );
+    let form = match pages::read_form(req).await {
+        Ok(form) => form,
+        Err(too_large) => return too_large,
     };
-    let form = String::from_utf8_lossy(&body.to_bytes()).into_owned();
     let level = pages::form_value(&form, "level").and_then(|l| l.parse().ok());
     let protocol = match pages::form_value(&form, "protocol").as_deref() {
         Some("https") => Protocol::Https,
@@ -181,6 +173,5 @@ async fn update(
     }
 }
 
-const FORM_LIMIT_BYTES: usize = 16 * 1024;
 const STYLE: &str = "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
                      td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style>";

@@ -137,6 +137,24 @@ pub fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads a small form body (at most [`FORM_LIMIT_BYTES`]); a larger one gets a 413 page.
+pub async fn read_form(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<String, Response<Body>> {
+    let limited = http_body_util::Limited::new(req.into_body(), FORM_LIMIT_BYTES);
+    match limited.collect().await {
+        Ok(body) => Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned()),
+        Err(_) => Err(page(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Form too large",
+            "Try again.",
+        )),
+    }
+}
+
+/// The largest form body the gateway reads.
+pub const FORM_LIMIT_BYTES: usize = 16 * 1024;
+
 /// The value of `key` in a form body or query string.
 pub fn form_value(form: &str, key: &str) -> Option<String> {
     form.split('&')

@@ -116,17 +116,10 @@ impl Gateway {
 
     // A sign-in form post: on a valid token, a session cookie and a redirect back.
     async fn handle_sign_in(&self, req: Request<Incoming>) -> Response<Body> {
-        let Ok(body) = Limited::new(req.into_body(), FORM_LIMIT_BYTES)
-            .collect()
-            .await
-        else {
-            return pages::page(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Form too large",
-                "Try again.",
-            );
+        let form = match pages::read_form(req).await {
+            Ok(form) => form,
+            Err(too_large) => return too_large,
         };
-        let form = String::from_utf8_lossy(&body.to_bytes()).into_owned();
         let back = self.safe_return(pages::form_value(&form, "return").as_deref());
         let token = pages::form_value(&form, "token").unwrap_or_default();
         let Some(user) = user_by_token(&self.config.users, &token) else {
@@ -371,6 +364,5 @@ struct Listing {
     ports: Vec<u16>,
 }
 
-const FORM_LIMIT_BYTES: usize = 16 * 1024;
 const LISTING_LIMIT_BYTES: usize = 1024 * 1024;
 const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
