@@ -496,6 +496,22 @@ impl Lab {
     }
 
     /// Starts `args` in `ns` in the background, output to `<name>.log`; returns its index.
+    // Runs a shell command in `ns` with a private, empty /run (its own mount namespace), so
+    // that daemons that keep sockets or pid files there do not collide.
+    fn spawn_with_private_run(&mut self, name: &str, ns: &str, command: &str) -> usize {
+        let script = format!("mount -t tmpfs tmpfs /run && {command}");
+        let args = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ];
+        self.spawn(name, ns, &strings(&args))
+    }
+
     fn spawn(&mut self, name: &str, ns: &str, args: &[String]) -> usize {
         let log = self.path(&format!("{name}.log"));
         let file = File::create(&log).expect("create a log file");
@@ -683,19 +699,7 @@ struct WgGo {
 
 impl WgGo {
     fn start(lab: &mut Lab, ns: &str, name: &str) -> WgGo {
-        let index = lab.spawn(
-            name,
-            ns,
-            &strings(&[
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                "mount -t tmpfs tmpfs /run && exec wireguard-go -f wg0",
-            ]),
-        );
+        let index = lab.spawn_with_private_run(name, ns, "exec wireguard-go -f wg0");
         let pid = lab.procs[index].pid();
         let socket = PathBuf::from(format!("/proc/{pid}/root/run/wireguard/wg0.sock"));
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -912,21 +916,13 @@ fn start_services(lab: &mut Lab, ns: &str, listen: &[&str], http_port: u16) -> S
     );
     let sshd_conf_path = lab.write("sshd_config", &sshd_conf);
     let sshd_bin = find_tool("sshd").expect("sshd was checked");
-    let s = lab.spawn(
+    let s = lab.spawn_with_private_run(
         "sshd",
         ns,
-        &strings(&[
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &format!(
-                "mount -t tmpfs tmpfs /run && mkdir -p /run/sshd && exec {} -D -e -f {sshd_conf_path}",
-                sshd_bin.display()
-            ),
-        ]),
+        &format!(
+            "mkdir -p /run/sshd && exec {} -D -e -f {sshd_conf_path}",
+            sshd_bin.display()
+        ),
     );
     lab.wait_listen(i, IPERF_PORT);
     lab.wait_listen(n, http_port);
