@@ -152,7 +152,11 @@ const RTTE_K: u32 = 4;
 
 // RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
 // RTO SHOULD be rounded up to 1 second.
-const RTTE_MIN_RTO: u32 = 1000;
+//
+// ferry: 200 ms, the floor Linux uses. Inside a tunnel between nearby hosts the smoothed
+// RTT is well under a millisecond, and a one-second floor turns every loss that fast
+// retransmit cannot repair into a second of silence.
+const RTTE_MIN_RTO: u32 = 200;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
@@ -276,6 +280,17 @@ impl RttEstimator {
         }
         self.timestamp = None;
     }
+}
+
+/// ferry: the loss recovery a socket is in, with the highest sequence number sent when it began.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+enum Recovery {
+    None,
+    /// Entered on the third duplicate ACK; partial ACKs resend the next hole.
+    Fast { recover: TcpSeqNumber },
+    /// Entered on a retransmission timeout; everything is being resent already.
+    Timeout { recover: TcpSeqNumber },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -523,6 +538,8 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// ferry: loss recovery in progress (RFC 6582 "recover"), if any.
+    recovery: Recovery,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -614,6 +631,7 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            recovery: Recovery::None,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -926,6 +944,10 @@ impl<'a> Socket<'a> {
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
+        self.local_rx_last_ack = None;
+        self.local_rx_dup_acks = 0;
+        self.pending_fast_retransmit = false;
+        self.recovery = Recovery::None;
 
         #[cfg(feature = "async")]
         {
@@ -2096,11 +2118,14 @@ impl<'a> Socket<'a> {
                 // Duplicate ACK if payload empty and ACK doesn't move send window ->
                 // Increment duplicate ACK count, notify congestion controller and
                 // set for retransmit if we just received the third duplicate ACK
+                // ferry: an ACK carrying SACK blocks reports data received above a hole, so
+                // it counts even when its window differs (a Linux receiver holding
+                // out-of-order data changes its window on nearly every such ACK).
                 Some(last_rx_ack)
                     if repr.payload.is_empty()
                         && last_rx_ack == ack_number
                         && ack_number < self.remote_last_seq
-                        && !is_window_update =>
+                        && (!is_window_update || repr.sack_ranges[0].is_some()) =>
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
@@ -2116,7 +2141,12 @@ impl<'a> Socket<'a> {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // ferry: once per loss event; later holes in the same window are
+                    // repaired by partial ACKs below, without cutting the window again.
+                    if self.local_rx_dup_acks == 3 && self.recovery == Recovery::None {
+                        self.recovery = Recovery::Fast {
+                            recover: self.remote_last_seq,
+                        };
                         self.timer.set_for_fast_retransmit();
                         net_debug!("started fast retransmit");
                     }
@@ -2138,6 +2168,21 @@ impl<'a> Socket<'a> {
                         net_debug!("reset duplicate ACK count");
                     }
                     self.local_rx_last_ack = Some(ack_number);
+
+                    // ferry: RFC 6582 (NewReno). An ACK below the recovery point means the
+                    // next segment was lost too: resend it now rather than after an RTO.
+                    match self.recovery {
+                        Recovery::Fast { recover } | Recovery::Timeout { recover }
+                            if ack_number >= recover =>
+                        {
+                            self.recovery = Recovery::None;
+                        }
+                        Recovery::Fast { .. } if ack_len > 0 => {
+                            self.pending_fast_retransmit = true;
+                            net_debug!("partial ACK, resending the next hole");
+                        }
+                        _ => {}
+                    }
 
                     // Notify of fresh ACK
                     self.rtte.on_ack(cx.now(), ack_number);
@@ -2481,6 +2526,12 @@ impl<'a> Socket<'a> {
                 self.congestion_controller
                     .inner_mut()
                     .on_rto(cx.now(), in_flight);
+
+                // ferry: no fast retransmit until everything sent before the timeout is
+                // acknowledged; the duplicate ACKs the resent data draws are not losses.
+                self.recovery = Recovery::Timeout {
+                    recover: self.remote_last_seq,
+                };
 
                 // Rewind "last sequence number sent", as if we never
                 // had sent them. This will cause all data in the queue
@@ -9871,5 +9922,145 @@ mod test {
         s.send_slice(b"def").unwrap();
         recv_nothing!(s);
         assert_eq!(s.state, State::Closed);
+    }
+
+    // ferry: loss recovery changes (vendor/README.md in the ferry repository).
+
+    /// Sends "aaaBBBcccDDD" in four 3-byte segments and returns the socket.
+    fn ferry_four_segments_in_flight() -> TestSocket {
+        let mut s = socket_established();
+        s.remote_mss = 3;
+        send!(s, time 0, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        });
+        s.send_slice(b"aaaBBBcccDDD").unwrap();
+        for (i, chunk) in [b"aaa", b"BBB", b"ccc", b"DDD"].iter().enumerate() {
+            recv!(s, time 1000, Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3 * i,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &chunk[..],
+                ..RECV_TEMPL
+            }));
+        }
+        s
+    }
+
+    fn ferry_sack(from: usize, to: usize) -> [Option<(u32, u32)>; 3] {
+        [
+            Some(((LOCAL_SEQ + from).0 as u32, (LOCAL_SEQ + to).0 as u32)),
+            None,
+            None,
+        ]
+    }
+
+    #[test]
+    fn test_ferry_sack_dup_acks_count_despite_window_changes() {
+        let mut s = ferry_four_segments_in_flight();
+        // "aaa" is lost; each later segment draws a duplicate ACK whose SACK block grows and
+        // whose window shrinks, as a Linux receiver holding out-of-order data sends them.
+        for (i, window_len) in [250, 244, 238].into_iter().enumerate() {
+            send!(s, time 1010 + i as i64, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len,
+                sack_ranges: ferry_sack(4, 7 + 3 * i),
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 1020, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+    }
+
+    #[test]
+    fn test_ferry_window_change_without_sack_is_not_a_dup_ack() {
+        let mut s = ferry_four_segments_in_flight();
+        for (i, window_len) in [250, 244, 238].into_iter().enumerate() {
+            send!(s, time 1010 + i as i64, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len,
+                ..SEND_TEMPL
+            });
+        }
+        recv_nothing!(s, time 1020);
+    }
+
+    #[test]
+    fn test_ferry_partial_ack_resends_next_hole_at_once() {
+        let mut s = ferry_four_segments_in_flight();
+        // "aaa" and "ccc" are lost.
+        for i in 0..3 {
+            send!(s, time 1010 + i as i64, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                sack_ranges: ferry_sack(4, 7),
+                ..SEND_TEMPL
+            });
+        }
+        recv!(s, time 1020, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        // The resent "aaa" fills the first hole; the ACK stops short of the recovery point.
+        send!(s, time 1030, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            sack_ranges: ferry_sack(10, 13),
+            ..SEND_TEMPL
+        });
+        recv!(s, time 1031, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"ccc"[..],
+            ..RECV_TEMPL
+        }));
+        // Everything acknowledged: recovery is over and the timer idle.
+        send!(s, time 1040, TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 12),
+            ..SEND_TEMPL
+        });
+        assert_eq!(s.recovery, Recovery::None);
+        recv_nothing!(s, time 3000);
+    }
+
+    #[test]
+    fn test_ferry_dup_acks_after_timeout_do_not_fast_retransmit() {
+        let mut s = ferry_four_segments_in_flight();
+        // Nothing is acknowledged: the timeout resends from the start.
+        recv!(s, time 2100, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaa"[..],
+            ..RECV_TEMPL
+        }));
+        assert!(matches!(s.recovery, Recovery::Timeout { .. }));
+        // Duplicate ACKs drawn by the resent data are not a new loss.
+        for i in 0..3 {
+            send!(s, time 2110 + i as i64, TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                sack_ranges: ferry_sack(4, 13),
+                ..SEND_TEMPL
+            });
+        }
+        assert_ne!(s.timer, Timer::FastRetransmit);
+    }
+
+    #[test]
+    fn test_ferry_min_rto_is_200ms() {
+        let mut r = RttEstimator::default();
+        for _ in 0..8 {
+            r.sample(1);
+        }
+        assert_eq!(r.retransmission_timeout(), Duration::from_millis(200));
     }
 }
