@@ -27,6 +27,9 @@ echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --release --workspace 2>&1 | tee "$log"
+echo "== smoltcp's TCP tests, with ferry's changes (vendor/README.md)"
+cargo test --release --manifest-path vendor/smoltcp/Cargo.toml --target-dir target/vendor \
+  --lib socket::tcp 2>&1 | tee -a "$log"
 echo "== demo"
 timeout 300 target/release/ferry demo --mebibytes 64
 # One closing line over every test binary (cargo prints one summary per binary).
