@@ -94,7 +94,7 @@ pub struct CompareArgs {
     ferry: Option<PathBuf>,
     /// Only run these paths (comma list): direct, ferry, dashboard-nginx,
     /// ssh-in-ferry-aes128-gcm, ssh-in-ferry-chacha20, ssh-aes128-gcm, ssh-chacha20,
-    /// wireguard-go, onetun.
+    /// wireguard-go, ferry-wireguard-go, onetun.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }

@@ -22,7 +22,7 @@ pub struct PathDef {
 }
 
 /// Every path, in table order.
-pub const PATHS: [PathDef; 9] = [
+pub const PATHS: [PathDef; 10] = [
     PathDef {
         name: "direct",
         label: "direct (no tunnel)",
@@ -54,6 +54,10 @@ pub const PATHS: [PathDef; 9] = [
     PathDef {
         name: "wireguard-go",
         label: "wireguard-go + kernel TCP (netns)",
+    },
+    PathDef {
+        name: "ferry-wireguard-go",
+        label: "ferry port-forward → wireguard-go (netns)",
     },
     PathDef {
         name: "onetun",
@@ -495,24 +499,7 @@ fn setup(name: &str, env: &Env, dir: &Path) -> Result<Setup, PathError> {
             plain(procs, a)
         }
         "wireguard-go" => {
-            for tool in ["wireguard-go", "wg", "ip", "nsenter", "unshare"] {
-                if which(tool).is_none() {
-                    let what = match tool {
-                        "wireguard-go" => "wireguard-go not installed".to_string(),
-                        "wg" => "wg (wireguard-tools) not installed".to_string(),
-                        t => format!("{t} not found"),
-                    };
-                    return Err(PathError::Skip(what));
-                }
-            }
-            #[allow(unsafe_code)]
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } != 0 {
-                return Err(PathError::Skip("network namespaces need root".into()));
-            }
-            if !Path::new("/dev/net/tun").exists() {
-                return Err(PathError::Skip("no /dev/net/tun".into()));
-            }
+            need_wireguard_go()?;
             let pair = NetnsPair::create()?;
             let started = (|| -> Result<(Service, SocketAddr, SocketAddr)> {
                 netns::start_wireguard_go(&pair, dir, &mut procs)?;
@@ -544,6 +531,74 @@ fn setup(name: &str, env: &Env, dir: &Path) -> Result<Setup, PathError> {
                     tcp: Some(tcp),
                     http: Some(tcp),
                     udp: Some(udp),
+                    client_ns: Some(pair.a.clone()),
+                },
+                _netns: Some(pair),
+            }
+        }
+        "ferry-wireguard-go" => {
+            let f = need_ferry()?;
+            need_wireguard_go()?;
+            let pair = NetnsPair::create()?;
+            let started = (|| -> Result<(Service, u16, u16)> {
+                let a_pub = netns::wg_key(dir, "ferry-a")?;
+                netns::start_wireguard_go_b(&pair, &a_pub, dir, &mut procs)?;
+                let service = netns::run_in(Some(&pair.b), || {
+                    Service::start(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                })??;
+                // A stock peer: ferry reads a wg-quick file, as a user of one would write it.
+                let key = std::fs::read_to_string(dir.join("ferry-a.key"))?;
+                let conf = dir.join("ferry-a.conf");
+                let b_pub = std::fs::read_to_string(dir.join("wg-b.pub"))?;
+                write_private(
+                    &conf,
+                    format!(
+                        "[Interface]\nPrivateKey = {}\nAddress = {}/32\nMTU = {}\n\n\
+                         [Peer]\nPublicKey = {}\nEndpoint = {}:{}\nAllowedIPs = {}/32\n",
+                        key.trim(),
+                        netns::A_TUNNEL,
+                        netns::TUNNEL_MTU,
+                        b_pub.trim(),
+                        netns::B_UNDERLAY,
+                        netns::WG_PORT,
+                        netns::B_TUNNEL,
+                    )
+                    .as_bytes(),
+                )?;
+                let (lport, uport) = netns::run_in(Some(&pair.a), || -> Result<(u16, u16)> {
+                    Ok((free_tcp_port()?, free_udp_port()?))
+                })??;
+                // `ip netns exec` execs ferry: the PID it owns is ferry's.
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &pair.a])
+                    .arg(f)
+                    .args(["port-forward", "ws", "--wg-config"])
+                    .arg(&conf)
+                    .arg("--tcp")
+                    .arg(format!("{lport}:{}", service.tcp.port()))
+                    .arg("--udp")
+                    .arg(format!("{uport}:{}", service.udp.port()));
+                procs.spawn_ready("ferry port-forward", cmd, dir)?;
+                netns::run_in(Some(&pair.a), || {
+                    wait_accepting(loopback(lport), Duration::from_secs(10))
+                })??;
+                Ok((service, lport, uport))
+            })();
+            let (service, lport, uport) = match started {
+                Ok(s) => s,
+                Err(e) => {
+                    procs.kill_all();
+                    drop(pair);
+                    return Err(e.into());
+                }
+            };
+            Setup {
+                procs,
+                own_service: Some(service),
+                target: Target {
+                    tcp: Some(loopback(lport)),
+                    http: Some(loopback(lport)),
+                    udp: Some(loopback(uport)),
                     client_ns: Some(pair.a.clone()),
                 },
                 _netns: Some(pair),
@@ -923,6 +978,29 @@ fn shell_quote(s: &str) -> String {
 }
 
 // ------------------------------------------------------------------ sockets
+
+/// wireguard-go, its tools, root and a TUN device, or the reason to skip.
+fn need_wireguard_go() -> Result<(), PathError> {
+    for tool in ["wireguard-go", "wg", "ip", "nsenter", "unshare"] {
+        if which(tool).is_none() {
+            let what = match tool {
+                "wireguard-go" => "wireguard-go not installed".to_string(),
+                "wg" => "wg (wireguard-tools) not installed".to_string(),
+                t => format!("{t} not found"),
+            };
+            return Err(PathError::Skip(what));
+        }
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(PathError::Skip("network namespaces need root".into()));
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Err(PathError::Skip("no /dev/net/tun".into()));
+    }
+    Ok(())
+}
 
 fn free_tcp_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
