@@ -16,6 +16,7 @@ use ferry_crypto::wgconfig::{PeerConfig, WgQuickConfig};
 use crate::agent::{AGENT_ADDRS, AgentConfig, AgentPeer};
 use crate::config::{Config, ConfigError};
 use crate::forward::{CLIENT_ADDRS, ForwardConfig};
+use crate::health::HealthCheck;
 use crate::io::{Backend, LocalIo, RunWith};
 use crate::spec::{Forward, Protocol, check_duplicates, parse_specs};
 
@@ -74,6 +75,11 @@ struct AgentArgs {
     /// With --print-peer-config and one peer: that peer's private key, to fill it in.
     #[arg(long, value_name = "FILE")]
     peer_private_key_file: Option<PathBuf>,
+    /// An app healthcheck, repeatable, one per port: PORT=URL,INTERVAL,THRESHOLD, e.g.
+    /// 3000=http://127.0.0.1:3000/healthz,5,3 (URL: http:// to 127.0.0.1, [::1] or localhost;
+    /// INTERVAL in seconds; unhealthy after THRESHOLD+1 failures in a row).
+    #[arg(long = "healthcheck", value_name = "CHECK")]
+    healthchecks: Vec<HealthCheck>,
 }
 
 #[derive(Debug, Args)]
@@ -224,7 +230,9 @@ fn agent(args: AgentArgs) -> Result<i32, Failure> {
         peers,
         mtu: usize::from(args.mtu),
         addrs,
+        healthchecks: args.healthchecks.clone(),
     };
+    HealthCheck::check_unique(&config.healthchecks).map_err(|e| Failure::Usage(e.to_string()))?;
     if args.print_peer_config {
         return print_peer_configs(&config, &args);
     }

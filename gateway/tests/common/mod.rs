@@ -355,6 +355,7 @@ fn start_agent(
         }],
         mtu: 1420,
         addrs: AGENT_ADDRS,
+        healthchecks: Vec::new(),
     };
     let (tx, rx) = mpsc::channel();
     let (stop_tx, stop) = oneshot::channel();
