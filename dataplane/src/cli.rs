@@ -43,6 +43,23 @@ enum Command {
     Nc(NcArgs),
     /// Run agent, port-forward and demo services on loopback, move data, and report.
     Demo(crate::demo::DemoArgs),
+    /// Share a workspace port through the gateway, or list shares (`share ls [WORKSPACE]`);
+    /// runs `ferry-gateway share`, see `ferry share --help`.
+    #[command(disable_help_flag = true)]
+    Share(PassArgs),
+    /// Set a workspace port back to owner only; runs `ferry-gateway unshare`.
+    #[command(disable_help_flag = true)]
+    Unshare(PassArgs),
+    /// Run the gateway (`ferry gateway --config FILE`); runs `ferry-gateway`.
+    #[command(disable_help_flag = true)]
+    Gateway(PassArgs),
+}
+
+/// Arguments handed unchanged to `ferry-gateway`.
+#[derive(Debug, Args)]
+struct PassArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -188,7 +205,33 @@ fn run(command: Command) -> Result<i32, Failure> {
         Command::PortForward(args) => port_forward(args),
         Command::Nc(args) => nc(args),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Share(pass) => exec_gateway("ferry", Some("share"), pass),
+        Command::Unshare(pass) => exec_gateway("ferry", Some("unshare"), pass),
+        Command::Gateway(pass) => exec_gateway("ferry gateway", None, pass),
     }
+}
+
+// The gateway and its share client live in `ferry-gateway`, installed next to `ferry`; this
+// process becomes it (same PID, same stdio), so its exit code is the command's.
+fn exec_gateway(name: &str, command: Option<&str>, pass: PassArgs) -> Result<i32, Failure> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::Runtime(format!("cannot find the ferry executable: {e}")))?;
+    let gateway = exe.with_file_name(GATEWAY_BIN);
+    if !gateway.is_file() {
+        return Err(Failure::Runtime(format!(
+            "{GATEWAY_BIN} is not installed next to ferry (looked for {}); install both \
+             binaries in one folder",
+            gateway.display()
+        )));
+    }
+    let mut cmd = std::process::Command::new(&gateway);
+    cmd.arg0(name).args(command).args(pass.args);
+    let e = cmd.exec();
+    Err(Failure::Runtime(format!(
+        "cannot run {}: {e}",
+        gateway.display()
+    )))
 }
 
 fn pubkey() -> Result<i32, Failure> {
@@ -710,6 +753,8 @@ const NC_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 pub const DEFAULT_MTU: u16 = 1420;
 /// The default persistent keepalive of the port-forward side, in seconds.
 pub const DEFAULT_KEEPALIVE_S: u16 = 25;
+/// The gateway binary `ferry share`, `ferry unshare` and `ferry gateway` run.
+const GATEWAY_BIN: &str = "ferry-gateway";
 /// Exit code for a usage error.
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code for a runtime failure.

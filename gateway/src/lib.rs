@@ -9,6 +9,7 @@
 //!
 //! App health comes from the agent, which runs the healthchecks itself and reports their states
 //! with its port listing ([`health`]); the gateway shows them in its API and workspace page.
+//! [`client`] is the share API's command-line client (`ferry share`, `ferry unshare`).
 //!
 //! Not done yet (see `docs/limitations.md`): TLS towards browsers and towards HTTPS upstreams
 //! (the `s` suffix answers 502 with an explanation). Upgrades (WebSocket) are spliced byte for
@@ -19,6 +20,7 @@
 
 pub mod access;
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod cors;
 pub mod dashboard;
