@@ -197,5 +197,6 @@ async fn update(
 
 const STYLE: &str = "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
                      td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
+                     td a{white-space:nowrap}form{margin:0;display:flex;gap:.4em}\
                      .healthy{color:#176a2c}.unhealthy{color:#b3261e;font-weight:bold}\
                      .initializing{color:#7a5d00}</style>";
