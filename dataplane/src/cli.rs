@@ -93,7 +93,7 @@ struct AgentArgs {
     #[arg(long, value_name = "FILE")]
     peer_private_key_file: Option<PathBuf>,
     /// An app healthcheck, repeatable, one per port: PORT=URL,INTERVAL,THRESHOLD, e.g.
-    /// 3000=http://127.0.0.1:3000/healthz,5,3 (URL: http:// to 127.0.0.1, [::1] or localhost;
+    /// `3000=http://127.0.0.1:3000/healthz,5,3` (URL: `http://` to 127.0.0.1, `[::1]` or localhost;
     /// INTERVAL in seconds; unhealthy after THRESHOLD+1 failures in a row).
     #[arg(long = "healthcheck", value_name = "CHECK")]
     healthchecks: Vec<HealthCheck>,

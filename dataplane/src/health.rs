@@ -84,7 +84,7 @@ pub enum HealthCheckError {
         "healthcheck port {0:?}: expected a port from 9 to 65535 (lower ports are the agent's)"
     )]
     Port(String),
-    /// The URL is not plain HTTP to 127.0.0.1, [::1] or localhost.
+    /// The URL is not plain HTTP to 127.0.0.1, `[::1]` or localhost.
     #[error(
         "healthcheck URL {url:?}: {why}; only http:// URLs to 127.0.0.1, [::1] or localhost \
          are allowed, so that checks never leave the workspace"

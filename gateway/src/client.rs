@@ -26,12 +26,12 @@ use serde_json::{Value, json};
 /// Where the gateway is and who is asking.
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// The gateway's base URL, e.g. http://apps.example.test:8080 [else `url` under [gateway]
-    /// in ferry's config file].
+    /// The gateway's base URL, e.g. `http://apps.example.test:8080` (else `url` under
+    /// `[gateway]` in ferry's config file).
     #[arg(long, value_name = "URL", env = "FERRY_GATEWAY_URL", global = true)]
     gateway_url: Option<String>,
-    /// A file holding the API token [else $FERRY_TOKEN; else `token_file` under [gateway] in
-    /// ferry's config file].
+    /// A file holding the API token (else `$FERRY_TOKEN`, else `token_file` under `[gateway]`
+    /// in ferry's config file).
     #[arg(long, value_name = "FILE", global = true)]
     token_file: Option<PathBuf>,
     /// ferry's config file [default: ~/.config/ferry/config.toml].

@@ -120,12 +120,15 @@ fn api_refusals_print_the_reason_and_exit_1() {
     assert!(err.contains("reserved for the agent"), "{err}");
 }
 
+// Arguments, environment, and words the error must contain.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn usage_errors_exit_2_before_any_request() {
     let procs = Procs::start("share-usage", "localhost", &[]);
     let url = format!("http://{}", procs.domain);
     let env = [("FERRY_GATEWAY_URL", url.as_str()), ("FERRY_TOKEN", ALICE)];
-    let cases: [(&[&str], &[(&str, &str)], &str); 6] = [
+    let cases: [Case; 6] = [
         (&["share", "ws", "8080"], &env, "--level"),
         (
             &["share", "ws", "8080", "--level", "everyone"],
