@@ -5,6 +5,7 @@
 
 mod procs;
 
+use std::path::PathBuf;
 use std::process::Output;
 
 use procs::{ALICE, BOB, CAROL, Procs};
@@ -198,10 +199,14 @@ fn settings_come_from_the_config_file_too() {
 
 #[test]
 fn a_missing_gateway_binary_is_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("ferry-lonely-{}", std::process::id()));
+    // A hard link in cargo's scratch folder (same file system as the binary): a copy would be
+    // open for writing while parallel tests fork, and exec would then fail with ETXTBSY.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ferry-lonely-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let lonely = dir.join("ferry");
-    std::fs::copy(procs::ferry_bin(), &lonely).unwrap();
+    std::fs::hard_link(procs::ferry_bin(), &lonely).unwrap();
     let mut cmd = std::process::Command::new(&lonely);
     cmd.args(["share", "ls"]);
     let out = procs::run_bounded(cmd, procs::COMMAND_TIMEOUT);
