@@ -3,11 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 mod procs;
 
 use std::time::Duration;
 
-use procs::{ALICE, BOB, Procs, TestApp, free_tcp};
+use common::{ALICE, BOB};
+use procs::{Procs, TestApp, free_tcp};
 
 /// Every state change below is expected well within this (checks run each second).
 const WAIT: Duration = Duration::from_secs(30);

@@ -3,12 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 mod procs;
 
 use std::path::PathBuf;
 use std::process::Output;
 
-use procs::{ALICE, BOB, CAROL, Procs};
+use common::{ALICE, BOB, CAROL};
+use procs::Procs;
 
 fn text(out: &Output) -> (Option<i32>, String, String) {
     (

@@ -4,7 +4,8 @@
 //! drops, also when a test fails.
 //!
 //! `ferry` is looked for next to `ferry-gateway` (both in `target/release`); build it first with
-//! `cargo build --release --workspace --bins` (scripts/test-all.sh does).
+//! `cargo build --release --workspace --bins` (scripts/test-all.sh does). The deployment is the
+//! one of `common` (a test file using this module declares both).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,11 +19,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ferry_crypto::keys::PrivateKey;
-use sha2::{Digest, Sha256};
 
-pub const ALICE: &str = "alice-token";
-pub const BOB: &str = "bob-token";
-pub const CAROL: &str = "carol-token";
+use crate::common::{ALICE, config_text};
+
 /// How long a process may take to say it is ready.
 const STARTUP: Duration = Duration::from_secs(30);
 /// How long one command or request may take.
@@ -75,7 +74,8 @@ impl Procs {
         // The gateway, through `ferry gateway`, on a free loopback TCP port.
         procs.gateway = free_tcp();
         procs.domain = format!("{host}:{}", procs.gateway.port());
-        let config = config_text(procs.gateway, &procs.domain, agent_addr, &agent_key);
+        let listen = procs.gateway.to_string();
+        let config = config_text(&listen, &procs.domain, agent_addr, &agent_key);
         std::fs::write(dir.join("gateway.toml"), config).unwrap();
         let mut gateway = Command::new(ferry_bin());
         gateway
@@ -342,65 +342,4 @@ fn free_udp() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-fn config_text(listen: SocketAddr, domain: &str, agent: SocketAddr, key: &PrivateKey) -> String {
-    let hash = |t: &str| -> String {
-        Sha256::digest(t.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    let public = key.public_key();
-    // Only `ws` reaches the agent; the others exist for the API's rules and never dial.
-    format!(
-        r#"
-listen = "{listen}"
-app_domain = "{domain}"
-private_key_file = "gw.key"
-database = "shares.sqlite"
-
-[[users]]
-name = "alice"
-token_sha256 = "{alice}"
-[[users]]
-name = "bob"
-token_sha256 = "{bob}"
-[[users]]
-name = "carol-with-a-long-name"
-token_sha256 = "{carol}"
-
-[templates.open]
-max_share_level = "public"
-[templates.team]
-max_share_level = "authenticated"
-
-[[workspaces]]
-name = "ws"
-owner = "alice"
-agent = "main"
-endpoint = "{agent}"
-public_key = "{public}"
-template = "open"
-
-[[workspaces]]
-name = "capped"
-owner = "alice"
-agent = "main"
-endpoint = "127.0.0.1:9"
-public_key = "{public}"
-template = "team"
-
-[[workspaces]]
-name = "a-workspace-name-of-26-chr"
-owner = "carol-with-a-long-name"
-agent = "main"
-endpoint = "127.0.0.1:9"
-public_key = "{public}"
-template = "open"
-"#,
-        alice = hash(ALICE),
-        bob = hash(BOB),
-        carol = hash(CAROL),
-    )
 }
