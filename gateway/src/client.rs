@@ -16,12 +16,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use crate::access::ShareLevel;
+use crate::store::Protocol;
 
 /// Where the gateway is and who is asking.
 #[derive(Debug, Args)]
@@ -53,10 +56,10 @@ pub struct ShareArgs {
     port: Option<u16>,
     /// Who may open the app.
     #[arg(long, value_enum, required = true)]
-    level: Option<Level>,
+    level: Option<ShareLevel>,
     /// What the app speaks on its port.
-    #[arg(long, value_enum, default_value_t = Proto::Http)]
-    protocol: Proto,
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    protocol: Protocol,
     #[command(flatten)]
     gateway: GatewayArgs,
 }
@@ -81,21 +84,6 @@ pub struct UnshareArgs {
     gateway: GatewayArgs,
 }
 
-/// A share level, as the command line names it.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Level {
-    Owner,
-    Authenticated,
-    Public,
-}
-
-/// An upstream protocol, as the command line names it.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Proto {
-    Http,
-    Https,
-}
-
 /// Why a command failed, by exit code.
 #[derive(Debug)]
 pub enum ClientError {
@@ -116,15 +104,16 @@ pub fn share(args: ShareArgs) -> Result<(), ClientError> {
         ));
     };
     let api = Api::from_args(&args.gateway)?;
-    let level = level_name(level);
-    let protocol = match args.protocol {
-        Proto::Http => "http",
-        Proto::Https => "https",
-    };
+    let protocol = args.protocol;
     let body = json!({ "level": level, "protocol": protocol }).to_string();
     let path = format!("/api/v1/workspaces/{}/shares/{port}", segment(&workspace));
     let share = api.call(Method::PUT, &path, Some(body))?;
     let url = share["url"].as_str().unwrap_or("(no URL)");
+    let protocol = if protocol == Protocol::Https {
+        "https"
+    } else {
+        "http"
+    };
     println!("{workspace} port {port}: {level} ({protocol}) at {url}");
     Ok(())
 }
@@ -425,14 +414,6 @@ async fn connect_any(addrs: &[SocketAddr]) -> std::io::Result<tokio::net::TcpStr
 // stray `/` or `?` from changing the path).
 fn segment(name: &str) -> String {
     crate::pages::percent_encode(name)
-}
-
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Owner => "owner",
-        Level::Authenticated => "authenticated",
-        Level::Public => "public",
-    }
 }
 
 fn array(value: &Value) -> Vec<Value> {
