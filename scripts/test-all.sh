@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(iperf3 openssh-server openssh-client wireguard-go wireguard-tools nginx iproute2 curl)
+packages=(iperf3 openssh-server openssh-client wireguard-go wireguard-tools nginx iproute2 curl chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,8 @@
 //! if both fail the flow is reset. UDP flows go to `127.0.0.1:P` (then `[::1]:P` when that port
 //! refuses), one local socket per client, closed after [`UDP_IDLE_S`] idle. Tunnel ports below
 //! [`FIRST_FORWARDED_PORT`] are reserved for the agent itself and never forwarded; tunnel port
-//! [`ports::PORTS_PORT`] reaches the agent's own listing of the workspace's listening ports.
+//! [`ports::PORTS_PORT`] reaches the agent's own listing of the workspace's listening ports and
+//! of the state of its app healthchecks ([`crate::health`]), which it runs itself.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -24,6 +25,7 @@ use smoltcp::wire::IpEndpoint;
 use crate::classify::{FlowStart, flow_start};
 use crate::engine::{Engine, Ingress, Router};
 use crate::flow::run_tcp_flow;
+use crate::health::{self, HealthCheck};
 use crate::io::LocalIo;
 use crate::outer::OuterSocket;
 use crate::ports;
@@ -42,6 +44,8 @@ pub struct AgentConfig {
     pub mtu: usize,
     /// The agent's own addresses inside the tunnel.
     pub addrs: TunnelAddrs,
+    /// App healthchecks to run and report (at most one per port).
+    pub healthchecks: Vec<HealthCheck>,
 }
 
 /// One allowed peer.
@@ -75,7 +79,8 @@ pub fn start<L: LocalIo>(config: AgentConfig) -> std::io::Result<Rc<Engine>> {
     let keys = config.peers.iter().map(|p| p.public_key).collect();
     let router = Router::Peers(Box::new(PeerIndex::new(&config.private_key, keys)));
     let engine = Engine::new(outer, tunnels, router);
-    let ports_listing = ports::serve_listing()?;
+    let health = health::start(config.healthchecks);
+    let ports_listing = ports::serve_listing(health)?;
     let ingress: Rc<AgentIngress<L>> = Rc::new(AgentIngress {
         ports_listing,
         state: Rc::default(),

@@ -16,6 +16,7 @@ use ferry_crypto::wgconfig::{PeerConfig, WgQuickConfig};
 use crate::agent::{AGENT_ADDRS, AgentConfig, AgentPeer};
 use crate::config::{Config, ConfigError};
 use crate::forward::{CLIENT_ADDRS, ForwardConfig};
+use crate::health::HealthCheck;
 use crate::io::{Backend, LocalIo, RunWith};
 use crate::spec::{Forward, Protocol, check_duplicates, parse_specs};
 
@@ -42,6 +43,23 @@ enum Command {
     Nc(NcArgs),
     /// Run agent, port-forward and demo services on loopback, move data, and report.
     Demo(crate::demo::DemoArgs),
+    /// Share a workspace port through the gateway, or list shares (`share ls [WORKSPACE]`);
+    /// runs `ferry-gateway share`, see `ferry share --help`.
+    #[command(disable_help_flag = true)]
+    Share(PassArgs),
+    /// Set a workspace port back to owner only; runs `ferry-gateway unshare`.
+    #[command(disable_help_flag = true)]
+    Unshare(PassArgs),
+    /// Run the gateway (`ferry gateway --config FILE`); runs `ferry-gateway`.
+    #[command(disable_help_flag = true)]
+    Gateway(PassArgs),
+}
+
+/// Arguments handed unchanged to `ferry-gateway`.
+#[derive(Debug, Args)]
+struct PassArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +92,11 @@ struct AgentArgs {
     /// With --print-peer-config and one peer: that peer's private key, to fill it in.
     #[arg(long, value_name = "FILE")]
     peer_private_key_file: Option<PathBuf>,
+    /// An app healthcheck, repeatable, one per port: PORT=URL,INTERVAL,THRESHOLD, e.g.
+    /// `3000=http://127.0.0.1:3000/healthz,5,3` (URL: `http://` to 127.0.0.1, `[::1]` or localhost;
+    /// INTERVAL in seconds; unhealthy after THRESHOLD+1 failures in a row).
+    #[arg(long = "healthcheck", value_name = "CHECK")]
+    healthchecks: Vec<HealthCheck>,
 }
 
 #[derive(Debug, Args)]
@@ -182,7 +205,33 @@ fn run(command: Command) -> Result<i32, Failure> {
         Command::PortForward(args) => port_forward(args),
         Command::Nc(args) => nc(args),
         Command::Demo(args) => crate::demo::run(args),
+        Command::Share(pass) => exec_gateway("ferry", Some("share"), pass),
+        Command::Unshare(pass) => exec_gateway("ferry", Some("unshare"), pass),
+        Command::Gateway(pass) => exec_gateway("ferry gateway", None, pass),
     }
+}
+
+// The gateway and its share client live in `ferry-gateway`, installed next to `ferry`; this
+// process becomes it (same PID, same stdio), so its exit code is the command's.
+fn exec_gateway(name: &str, command: Option<&str>, pass: PassArgs) -> Result<i32, Failure> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::Runtime(format!("cannot find the ferry executable: {e}")))?;
+    let gateway = exe.with_file_name(GATEWAY_BIN);
+    if !gateway.is_file() {
+        return Err(Failure::Runtime(format!(
+            "{GATEWAY_BIN} is not installed next to ferry (looked for {}); install both \
+             binaries in one folder",
+            gateway.display()
+        )));
+    }
+    let mut cmd = std::process::Command::new(&gateway);
+    cmd.arg0(name).args(command).args(pass.args);
+    let e = cmd.exec();
+    Err(Failure::Runtime(format!(
+        "cannot run {}: {e}",
+        gateway.display()
+    )))
 }
 
 fn pubkey() -> Result<i32, Failure> {
@@ -224,7 +273,9 @@ fn agent(args: AgentArgs) -> Result<i32, Failure> {
         peers,
         mtu: usize::from(args.mtu),
         addrs,
+        healthchecks: args.healthchecks.clone(),
     };
+    HealthCheck::check_unique(&config.healthchecks).map_err(|e| Failure::Usage(e.to_string()))?;
     if args.print_peer_config {
         return print_peer_configs(&config, &args);
     }
@@ -702,6 +753,8 @@ const NC_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 pub const DEFAULT_MTU: u16 = 1420;
 /// The default persistent keepalive of the port-forward side, in seconds.
 pub const DEFAULT_KEEPALIVE_S: u16 = 25;
+/// The gateway binary `ferry share`, `ferry unshare` and `ferry gateway` run.
+const GATEWAY_BIN: &str = "ferry-gateway";
 /// Exit code for a usage error.
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code for a runtime failure.

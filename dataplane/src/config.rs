@@ -10,6 +10,10 @@
 //! endpoint = "127.0.0.1:51820"
 //! public_key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
 //! # optional: preshared_key_file, remote_host (the agent's tunnel address), keepalive
+//!
+//! [gateway]                       # optional, for `ferry share` and `ferry unshare`
+//! url = "http://apps.example.test:8080"
+//! token_file = "token"            # the gateway API token; relative to this file
 //! ```
 
 use std::collections::BTreeMap;
@@ -26,6 +30,18 @@ pub struct Config {
     /// Workspaces by name.
     #[serde(default)]
     pub workspaces: BTreeMap<String, Workspace>,
+    /// Where `ferry share` finds the gateway (read by `ferry-gateway share`; unused here).
+    pub gateway: Option<GatewayClient>,
+}
+
+/// The `[gateway]` table: the gateway's URL and the API token's file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayClient {
+    /// The gateway's base URL.
+    pub url: Option<String>,
+    /// A file holding the API token.
+    pub token_file: Option<PathBuf>,
 }
 
 /// One workspace's tunnel settings.
@@ -112,4 +128,20 @@ pub fn default_path() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("ferry/config.toml"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config/ferry/config.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_table_is_accepted_and_typos_in_it_are_not() {
+        let text = "private_key_file = \"k\"\n[gateway]\nurl = \"http://a.test\"\n";
+        let config: Config = toml::from_str(text).unwrap();
+        let gateway = config.gateway.unwrap();
+        assert_eq!(gateway.url.as_deref(), Some("http://a.test"));
+        assert!(gateway.token_file.is_none());
+        let typo = "private_key_file = \"k\"\n[gateway]\nulr = \"http://a.test\"\n";
+        assert!(toml::from_str::<Config>(typo).is_err());
+    }
 }

@@ -114,6 +114,7 @@ fn start_agent(
         }],
         mtu: usize::from(DEFAULT_MTU),
         addrs: AGENT_ADDRS,
+        healthchecks: Vec::new(),
     };
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || crate::io::run(backend, AgentThread { config, tx }));

@@ -7,7 +7,8 @@
 //!   stack, driven with time and buffers as arguments and doing no I/O itself;
 //! - [`flow`] and [`udpflow`]: tasks that move bytes between local sockets and stack sockets;
 //! - [`agent`] and [`forward`]: the two roles, workspace side and laptop side, and [`ports`]:
-//!   the agent's listing of the workspace's listening ports;
+//!   the agent's listing of the workspace's listening ports, and [`health`]: the app
+//!   healthchecks the agent runs;
 //! - [`spec`], [`config`], [`cli`] and [`demo`]: what the user types and sees.
 //!
 //! What this crate deliberately does not do: key handling and the WireGuard protocol itself
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod engine;
 pub mod flow;
 pub mod forward;
+pub mod health;
 pub mod io;
 pub mod outbox;
 pub mod outer;

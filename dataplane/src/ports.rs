@@ -4,19 +4,22 @@
 //! [`listening_ports`] reads both files and merges them: IPv4 and IPv6 duplicates become one
 //! port, ports below [`FIRST_FORWARDED_PORT`] (the agent's own tunnel ports) and the ports the
 //! caller names as its own are dropped. The gateway may hide well-known system ports as well
-//! ([`is_system_port`]). [`serve_listing`] answers the list as JSON over plain HTTP; the agent
-//! carries flows to tunnel port [`PORTS_PORT`] there.
+//! ([`is_system_port`]). [`serve_listing`] answers the list as JSON over plain HTTP, together
+//! with the state of each app healthcheck (see [`crate::health`]); the agent carries flows to
+//! tunnel port [`PORTS_PORT`] there.
 //!
 //! The list only covers the agent's network namespace: a service in another container or
 //! namespace of the workspace does not appear.
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::agent::FIRST_FORWARDED_PORT;
+use crate::health::HealthBoard;
 
 /// The reserved tunnel port on which the agent serves the listening-ports list.
 pub const PORTS_PORT: u16 = 4;
@@ -48,9 +51,10 @@ pub fn is_system_port(port: u16) -> bool {
 }
 
 /// Serves the list on a new loopback listener, on the current runtime, and returns its address.
-/// Each connection gets one HTTP/1.1 response, `{"ports":[...]}`, then is closed. The list is
-/// read at most once per [`CACHE_MS`].
-pub fn serve_listing() -> std::io::Result<SocketAddr> {
+/// Each connection gets one HTTP/1.1 response, then is closed:
+/// `{"ports":[3000,8080],"health":[{"port":3000,"url":"http://...","state":"healthy"}]}`.
+/// The port list is read at most once per [`CACHE_MS`]; health states are always current.
+pub fn serve_listing(health: Rc<HealthBoard>) -> std::io::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -58,7 +62,8 @@ pub fn serve_listing() -> std::io::Result<SocketAddr> {
     tokio::task::spawn_local(async move {
         let mut cache: Option<(Instant, String)> = None;
         while let Ok((mut stream, _)) = listener.accept().await {
-            let body = cached_listing(&mut cache, addr.port());
+            let ports = cached_listing(&mut cache, addr.port());
+            let body = format!("{{\"ports\":{ports},\"health\":{}}}", health.json());
             tokio::task::spawn_local(async move {
                 // Read the request head (one read suffices for a short GET), then answer.
                 let mut head = [0u8; 2048];
@@ -76,7 +81,7 @@ pub fn serve_listing() -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-// The JSON listing, read again when older than CACHE_MS.
+// The JSON array of ports, read again when older than CACHE_MS.
 fn cached_listing(cache: &mut Option<(Instant, String)>, own: u16) -> String {
     let now = Instant::now();
     let fresh = |at: &Instant| now.duration_since(*at) < Duration::from_millis(CACHE_MS);
@@ -84,7 +89,7 @@ fn cached_listing(cache: &mut Option<(Instant, String)>, own: u16) -> String {
         return body.clone();
     }
     let ports: Vec<String> = listening_ports(&[own]).iter().map(u16::to_string).collect();
-    let body = format!("{{\"ports\":[{}]}}", ports.join(","));
+    let body = format!("[{}]", ports.join(","));
     *cache = Some((now, body.clone()));
     body
 }

@@ -3,11 +3,18 @@
 //! - `GET    /api/v1/workspaces/WS/shares`        every share, with its app URL
 //! - `PUT    /api/v1/workspaces/WS/shares/PORT`   body `{"level": "...", "protocol": "http|https"}`
 //! - `DELETE /api/v1/workspaces/WS/shares/PORT`   back to the owner level
-//! - `GET    /api/v1/workspaces/WS/ports`         listening ports from the agent, with shares
+//! - `GET    /api/v1/workspaces/WS/ports`         ports from the agent, with shares and health
+//! - `GET    /api/v1/workspaces`                  the caller's workspaces, each with its shares
+//!
+//! A `ports` entry has `listening` (the agent saw a listener) and `health` (`initializing`,
+//! `healthy`, `unhealthy`, or null when the agent runs no healthcheck for the port); a port with
+//! a healthcheck is listed even when nothing listens on it.
 //!
 //! Requests carry `Authorization: Bearer TOKEN`. Without a valid token: 401. A workspace the
 //! caller does not own answers 404, as if it did not exist. A level above the template's maximum
 //! and an app label longer than 63 characters are refused with 400 and a message saying why.
+
+use std::collections::BTreeSet;
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -19,7 +26,7 @@ use ferry_dataplane::ports::is_system_port;
 
 use crate::access::{ShareLevel, user_by_token};
 use crate::config::Workspace;
-use crate::host::{FIRST_APP_PORT, app_label};
+use crate::host::{FIRST_APP_PORT, Name, app_label};
 use crate::pages::{self, Body, json_error};
 use crate::server::{Gateway, bearer_token};
 use crate::store::{Protocol, Share, StoreError};
@@ -35,6 +42,12 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Body>
         );
     };
     let path = req.uri().path().to_owned();
+    if path == "/api/v1/workspaces" {
+        return match req.method() {
+            &Method::GET => workspaces(gateway, &user.name),
+            _ => json_error(StatusCode::METHOD_NOT_ALLOWED, "use GET on workspaces"),
+        };
+    }
     let Some(rest) = path.strip_prefix("/api/v1/workspaces/") else {
         return json_error(StatusCode::NOT_FOUND, "no such API endpoint");
     };
@@ -174,10 +187,11 @@ fn delete(
     Ok(pages::json(StatusCode::OK, &json!({ "deleted": existed })))
 }
 
-// The workspace's listening ports (from its agent, system ports hidden), each with its share.
+// The workspace's ports (listening, from its agent, system ports hidden; and health-checked),
+// each with its share and health.
 async fn ports(gateway: &Gateway, workspace: &Workspace) -> Response<Body> {
-    let listed = match gateway.agent_ports(workspace).await {
-        Ok(ports) => ports,
+    let listing = match gateway.agent_ports(workspace).await {
+        Ok(listing) => listing,
         Err(e) => return json_error(StatusCode::BAD_GATEWAY, &e),
     };
     let shares = match gateway.store.list(workspace.name.as_str()) {
@@ -190,25 +204,72 @@ async fn ports(gateway: &Gateway, workspace: &Workspace) -> Response<Body> {
             );
         }
     };
-    let entries: Vec<_> = listed
-        .into_iter()
+    let listening: BTreeSet<u16> = listing
+        .ports
+        .iter()
+        .copied()
         .filter(|p| !is_system_port(*p))
+        .collect();
+    let mut shown = listening.clone();
+    shown.extend(listing.health.iter().map(|h| h.port));
+    let entries: Vec<_> = shown
+        .into_iter()
         .map(|port| {
             let share = shares
                 .iter()
                 .find(|s| s.port == port)
                 .cloned()
-                .unwrap_or(Share {
-                    workspace: workspace.name.to_string(),
-                    agent: workspace.agent.to_string(),
-                    port,
-                    level: ShareLevel::Owner,
-                    protocol: Protocol::Http,
-                });
-            share_json(gateway, workspace, &share)
+                .unwrap_or_else(|| owner_share(workspace, port));
+            let mut entry = share_json(gateway, workspace, &share);
+            entry["listening"] = json!(listening.contains(&port));
+            entry["health"] = json!(listing.health(port).map(|h| h.state));
+            entry
         })
         .collect();
     pages::json(StatusCode::OK, &json!({ "ports": entries }))
+}
+
+/// The share a port has without a row: owner only, plain HTTP.
+pub fn owner_share(workspace: &Workspace, port: u16) -> Share {
+    Share {
+        workspace: workspace.name.to_string(),
+        agent: workspace.agent.to_string(),
+        port,
+        level: ShareLevel::Owner,
+        protocol: Protocol::Http,
+    }
+}
+
+// Every workspace `user` owns, by name, with its template cap and its shares.
+fn workspaces(gateway: &Gateway, user: &Name) -> Response<Body> {
+    let mut owned: Vec<&Workspace> = gateway
+        .config
+        .workspaces
+        .values()
+        .filter(|w| w.owner == *user)
+        .collect();
+    owned.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+    let mut list = Vec::new();
+    for w in owned {
+        let shares = match gateway.store.list(w.name.as_str()) {
+            Ok(shares) => shares,
+            Err(e) => {
+                tracing::error!(error = %e, "share database failed");
+                return json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the share database failed",
+                );
+            }
+        };
+        let shares: Vec<_> = shares.iter().map(|s| share_json(gateway, w, s)).collect();
+        list.push(json!({
+            "name": w.name.as_str(),
+            "agent": w.agent.as_str(),
+            "max_share_level": w.max_share_level,
+            "shares": shares,
+        }));
+    }
+    pages::json(StatusCode::OK, &json!({ "workspaces": list }))
 }
 
 /// A share as the API shows it, with its app URL.

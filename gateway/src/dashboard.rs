@@ -1,11 +1,12 @@
 //! A small web page per workspace, for its owner: the open ports (detected by the agent, plus
-//! shared ones not listening now), each with its app URL and share level and protocol controls.
+//! shared or health-checked ones not listening now), each with its app URL, its health (from
+//! the agent's healthchecks) and share level and protocol controls.
 //!
 //! - `GET  /workspaces/WS`              the page (signed-out: sent to sign in)
 //! - `POST /workspaces/WS/shares/PORT`  form `level=...&protocol=...`, then back to the page
 //!
 //! Plain HTML forms, no script. The session cookie is `SameSite=Lax`, so another site cannot
-//! post these forms with it. App health is not shown: healthchecks are not implemented yet.
+//! post these forms with it.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use crate::access::ShareLevel;
 use crate::api::checked_share;
 use crate::config::Workspace;
+use crate::health::AppHealth;
 use crate::pages::{self, Body, escape};
 use crate::server::Gateway;
 use crate::store::{Protocol, Share};
@@ -52,15 +54,21 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Body>
 }
 
 async fn page(gateway: &Gateway, workspace: &Workspace) -> Response<Body> {
-    // Detected ports, then shares (a shared port may not be listening right now).
+    // Detected and health-checked ports, then shares (a shared port may not be listening now).
     let detected = gateway.agent_ports(workspace).await;
-    let mut rows: BTreeMap<u16, (bool, Option<Share>)> = BTreeMap::new();
+    let mut rows: BTreeMap<u16, Row> = BTreeMap::new();
     let notice = match &detected {
-        Ok(ports) => {
-            let shown = ports
+        Ok(listing) => {
+            let shown = listing
+                .ports
                 .iter()
                 .filter(|p| !ferry_dataplane::ports::is_system_port(**p));
-            rows.extend(shown.map(|p| (*p, (true, None))));
+            for port in shown {
+                rows.entry(*port).or_default().listening = true;
+            }
+            for health in &listing.health {
+                rows.entry(health.port).or_default().health = Some(health.clone());
+            }
             String::new()
         }
         Err(e) => format!(
@@ -74,33 +82,34 @@ async fn page(gateway: &Gateway, workspace: &Workspace) -> Response<Body> {
         .unwrap_or_default()
     {
         let port = share.port;
-        rows.entry(port).or_insert((false, None)).1 = Some(share);
+        rows.entry(port).or_default().share = Some(share);
     }
 
     let body: String = rows
         .iter()
-        .map(|(port, (listening, share))| {
-            row(gateway, workspace, *port, *listening, share.as_ref())
-        })
+        .map(|(port, r)| row(gateway, workspace, *port, r))
         .collect();
     let ws = escape(workspace.name.as_str());
     let html = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{ws} ports</title>{STYLE}</head>\
          <body><h1>Workspace {ws}</h1>{notice}<p>Maximum share level: {cap}</p>\
-         <table><thead><tr><th>Port</th><th>Listening</th><th>App URL</th><th>Share</th></tr>\
-         </thead><tbody>{body}</tbody></table></body></html>\n",
+         <table><thead><tr><th>Port</th><th>Listening</th><th>Health</th><th>App URL</th>\
+         <th>Share</th></tr></thead><tbody>{body}</tbody></table></body></html>\n",
         cap = workspace.max_share_level
     );
     pages::html_response(StatusCode::OK, html)
 }
 
-fn row(
-    gateway: &Gateway,
-    workspace: &Workspace,
-    port: u16,
+// What the page knows of one port.
+#[derive(Default)]
+struct Row {
     listening: bool,
-    share: Option<&Share>,
-) -> String {
+    health: Option<AppHealth>,
+    share: Option<Share>,
+}
+
+fn row(gateway: &Gateway, workspace: &Workspace, port: u16, r: &Row) -> String {
+    let (listening, share) = (r.listening, r.share.as_ref());
     let level = share.map_or(ShareLevel::Owner, |s| s.level);
     let protocol = share.map_or(Protocol::Http, |s| s.protocol);
     let shown = Share {
@@ -130,13 +139,26 @@ fn row(
     let protocols =
         option("http", protocol == Protocol::Http) + &option("https", protocol == Protocol::Https);
     format!(
-        "<tr><td>{port}</td><td>{listening}</td><td>{url}</td><td>\
+        "<tr><td>{port}</td><td>{listening}</td><td>{health}</td><td>{url}</td><td>\
          <form method=\"post\" action=\"/workspaces/{ws}/shares/{port}\">\
          <select name=\"level\" aria-label=\"share level\">{levels}</select> \
          <select name=\"protocol\" aria-label=\"protocol\">{protocols}</select> \
          <button type=\"submit\">Save</button></form></td></tr>",
         listening = if listening { "yes" } else { "no" },
+        health = health_cell(r.health.as_ref()),
         ws = escape(workspace.name.as_str()),
+    )
+}
+
+// The health column: the state, with the checked URL as a tooltip; a dash without a check.
+fn health_cell(health: Option<&AppHealth>) -> String {
+    let Some(h) = health else {
+        return "<span class=\"health\" data-health=\"none\">-</span>".into();
+    };
+    format!(
+        "<span class=\"health {s}\" data-health=\"{s}\" title=\"{url}\">{s}</span>",
+        s = h.state.as_str(),
+        url = escape(&h.url)
     )
 }
 
@@ -174,4 +196,7 @@ async fn update(
 }
 
 const STYLE: &str = "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
-                     td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}</style>";
+                     td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}\
+                     td a{white-space:nowrap}form{margin:0;display:flex;gap:.4em}\
+                     .healthy{color:#176a2c}.unhealthy{color:#b3261e;font-weight:bold}\
+                     .initializing{color:#7a5d00}</style>";

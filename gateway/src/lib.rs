@@ -7,19 +7,24 @@
 //! the viewer's session, answers CORS itself, and proxies HTTP to the app with both bodies
 //! streaming. Share state lives in SQLite; users, workspaces and templates in a TOML file.
 //!
+//! App health comes from the agent, which runs the healthchecks itself and reports their states
+//! with its port listing ([`health`]); the gateway shows them in its API and workspace page.
+//! [`client`] is the share API's command-line client (`ferry share`, `ferry unshare`).
+//!
 //! Not done yet (see `docs/limitations.md`): TLS towards browsers and towards HTTPS upstreams
-//! (the `s` suffix answers 502 with an explanation), app healthchecks, and a browser-driven
-//! (Chromium) test of the workspace page. Upgrades (WebSocket) are spliced byte for byte after
-//! the app's 101 answer, tested with a raw echo rather than a WebSocket codec.
+//! (the `s` suffix answers 502 with an explanation). Upgrades (WebSocket) are spliced byte for
+//! byte after the app's 101 answer, tested with a raw echo rather than a WebSocket codec.
 //! Sessions are kept in memory, so a restart signs browsers out.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod access;
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod cors;
 pub mod dashboard;
+pub mod health;
 pub mod host;
 pub mod pages;
 pub mod proxy;

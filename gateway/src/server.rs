@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::access::{Access, SESSION_COOKIE, Sessions, ShareLevel, decide, user_by_token};
 use crate::config::{Config, Workspace};
 use crate::cors;
+use crate::health::Listing;
 use crate::host::{AppHost, HostError, Name};
 use crate::pages::{self, Body};
 use crate::proxy::{self, Upstream};
@@ -238,8 +239,9 @@ impl Gateway {
         }
     }
 
-    /// The workspace's listening TCP ports, as its agent reports them on its reserved port.
-    pub(crate) async fn agent_ports(&self, workspace: &Workspace) -> Result<Vec<u16>, String> {
+    /// The workspace's listening TCP ports and app health, as its agent reports them on its
+    /// reserved port.
+    pub(crate) async fn agent_ports(&self, workspace: &Workspace) -> Result<Listing, String> {
         let addr = self
             .tunnels
             .port(workspace, PORTS_PORT)
@@ -264,7 +266,7 @@ impl Gateway {
                 .map_err(|e| e.to_string())?;
             let listing: Listing =
                 serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())?;
-            Ok::<_, String>(listing.ports)
+            Ok::<_, String>(listing)
         };
         tokio::time::timeout(LISTING_TIMEOUT, fetch)
             .await
@@ -357,11 +359,6 @@ fn store_failure(e: &StoreError) -> Response<Body> {
         "Gateway error",
         "The share database failed.",
     )
-}
-
-#[derive(serde::Deserialize)]
-struct Listing {
-    ports: Vec<u16>,
 }
 
 const LISTING_LIMIT_BYTES: usize = 1024 * 1024;

@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use clap::ValueEnum;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ pub struct Share {
 }
 
 /// The protocol an app speaks on its port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Plain HTTP.

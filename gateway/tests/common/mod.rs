@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 pub const DOMAIN: &str = "apps.test:8080";
 pub const ALICE: &str = "alice-token";
 pub const BOB: &str = "bob-token";
+pub const CAROL: &str = "carol-token";
 /// Every request in these tests finishes within this or fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -54,7 +55,7 @@ impl Harness {
 
         let (agent_addr, agent_stop) = start_agent(&agent_key, &gateway_key);
         let (app_port, app_stop) = start_app();
-        let config_text = config_text(agent_addr, &agent_key);
+        let config_text = config_text("127.0.0.1:0", DOMAIN, agent_addr, &agent_key);
         let mut h = Harness {
             dir,
             app_port,
@@ -271,7 +272,14 @@ where
     sender.send_request(req).await.unwrap()
 }
 
-fn config_text(agent: SocketAddr, agent_key: &PrivateKey) -> String {
+/// The test deployment: alice owns `ws` (on the real agent, template cap public) and `capped`
+/// (cap authenticated), bob owns `bobs`, carol's long names leave little room in a label.
+pub fn config_text(
+    listen: &str,
+    domain: &str,
+    agent: SocketAddr,
+    agent_key: &PrivateKey,
+) -> String {
     let hash = |t: &str| -> String {
         Sha256::digest(t.as_bytes())
             .iter()
@@ -282,8 +290,8 @@ fn config_text(agent: SocketAddr, agent_key: &PrivateKey) -> String {
     // Only `ws` reaches the real agent; the others exist for API rules and never dial.
     format!(
         r#"
-listen = "127.0.0.1:0"
-app_domain = "{DOMAIN}"
+listen = "{listen}"
+app_domain = "{domain}"
 private_key_file = "gw.key"
 database = "shares.sqlite"
 
@@ -336,7 +344,7 @@ template = "open"
 "#,
         alice = hash(ALICE),
         bob = hash(BOB),
-        carol = hash("carol-token"),
+        carol = hash(CAROL),
     )
 }
 
@@ -355,6 +363,7 @@ fn start_agent(
         }],
         mtu: 1420,
         addrs: AGENT_ADDRS,
+        healthchecks: Vec::new(),
     };
     let (tx, rx) = mpsc::channel();
     let (stop_tx, stop) = oneshot::channel();
