@@ -1,7 +1,7 @@
 //! The tunnel's UDP socket, with segmentation and receive offload.
 //!
 //! Sends use `sendmsg` with `UDP_SEGMENT` (GSO): one system call carries a whole
-//! [`Batch`](crate::outbox::Batch) of equal-size datagrams. Receives use `recvmsg` with `UDP_GRO`:
+//! [`Batch`] of equal-size datagrams. Receives use `recvmsg` with `UDP_GRO`:
 //! one call returns up to 64 KiB of datagrams from one sender. A kernel without either offload
 //! gets one datagram per call, found out at the first refusal and logged once.
 //!
