@@ -5,6 +5,8 @@
 //! app_domain = "apps.example.test:8080"   # with its port when not 80
 //! private_key_file = "gateway.key"        # the gateway's WireGuard key (wg's base64)
 //! database = "shares.sqlite"              # share state; relative to the config file
+//! tls_cert = "gateway.crt"                # optional: serve HTTPS with this PEM certificate chain
+//! tls_key = "gateway.key.pem"             # and this PEM private key (both or neither)
 //!
 //! [[users]]
 //! name = "alice"
@@ -22,6 +24,11 @@
 //! public_key = "base64..."
 //! template = "dev"
 //! ```
+//!
+//! With `tls_cert` and `tls_key` the gateway speaks HTTPS to browsers: app URLs, redirects and
+//! `X-Forwarded-Proto` say `https`, and the session cookie is `Secure`. The certificate must
+//! cover the app domain and its wildcard (`apps.example.test` and `*.apps.example.test`); the
+//! files are read once at startup, and a missing, unreadable or mismatched pair stops it there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -44,10 +51,21 @@ pub struct Config {
     pub private_key_file: PathBuf,
     /// The SQLite database holding share state.
     pub database: PathBuf,
+    /// The browser side's certificate and key, when the gateway serves HTTPS.
+    pub tls: Option<TlsFiles>,
     /// Users by name.
     pub users: HashMap<Name, User>,
     /// Workspaces by name.
     pub workspaces: HashMap<Name, Workspace>,
+}
+
+/// The PEM files of the browser side's TLS certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// A user of the deployment.
@@ -93,14 +111,28 @@ impl Config {
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let users = check_users(&raw.users)?;
         let workspaces = check_workspaces(&raw, &users)?;
+        let tls = match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: base.join(cert),
+                key: base.join(key),
+            }),
+            (None, None) => None,
+            _ => return Err(ConfigError::TlsPair),
+        };
         Ok(Config {
             listen: raw.listen,
             app_domain: raw.app_domain.to_ascii_lowercase(),
             private_key_file: base.join(raw.private_key_file),
             database: base.join(raw.database),
+            tls,
             users,
             workspaces,
         })
+    }
+
+    /// The scheme browsers use to reach the gateway: `https` when it has a certificate.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// The cookie domain: the app domain without its port.
@@ -133,6 +165,11 @@ pub enum ConfigError {
     /// A reference to a user or template that is not defined, or a duplicate.
     #[error("configuration: {0}")]
     Reference(String),
+    /// Only one of `tls_cert` and `tls_key` was given.
+    #[error(
+        "configuration: tls_cert and tls_key go together: give both to serve HTTPS, or neither"
+    )]
+    TlsPair,
     /// A workspace's names are too long for any app URL.
     #[error(
         "configuration: workspace {workspace}: even the shortest app label \
@@ -148,6 +185,8 @@ struct RawConfig {
     app_domain: String,
     private_key_file: PathBuf,
     database: PathBuf,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
@@ -346,6 +385,28 @@ default_owner = "alice"
         );
         let e = Config::parse(&text(&ws), Path::new(".")).unwrap_err();
         assert!(e.to_string().contains("at most 63"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_relative_to_the_config() {
+        let c = Config::parse(&text(""), Path::new("/etc/ferry")).unwrap();
+        assert!(c.tls.is_none());
+        assert_eq!(c.scheme(), "http");
+        let both = text("").replace(
+            "database = \"shares.sqlite\"\n",
+            "database = \"shares.sqlite\"\ntls_cert = \"gw.crt\"\ntls_key = \"/k/gw.pem\"\n",
+        );
+        let c = Config::parse(&both, Path::new("/etc/ferry")).unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/ferry/gw.crt"));
+        assert_eq!(tls.key, Path::new("/k/gw.pem"));
+        assert_eq!(c.scheme(), "https");
+        let one = both.replace("tls_key = \"/k/gw.pem\"\n", "");
+        let e = Config::parse(&one, Path::new(".")).unwrap_err();
+        assert!(
+            e.to_string().contains("tls_cert and tls_key go together"),
+            "{e}"
+        );
     }
 
     #[test]

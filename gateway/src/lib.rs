@@ -7,11 +7,13 @@
 //! the viewer's session, answers CORS itself, and proxies HTTP to the app with both bodies
 //! streaming. Share state lives in SQLite; users, workspaces and templates in a TOML file.
 //!
-//! Not done yet (see `docs/limitations.md`): TLS towards browsers and towards HTTPS upstreams
-//! (the `s` suffix answers 502 with an explanation), app healthchecks, and a browser-driven
-//! (Chromium) test of the workspace page. Upgrades (WebSocket) are spliced byte for byte after
+//! With a certificate configured it serves browsers over HTTPS, and it speaks TLS to apps whose
+//! URL carries the `s` suffix ([`tls`]). Upgrades (WebSocket) are spliced byte for byte after
 //! the app's 101 answer, tested with a raw echo rather than a WebSocket codec.
 //! Sessions are kept in memory, so a restart signs browsers out.
+//!
+//! Not done yet (see `docs/limitations.md`): app healthchecks, and a browser-driven (Chromium)
+//! test of the workspace page.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -25,6 +27,7 @@ pub mod pages;
 pub mod proxy;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod tunnels;
 
 pub use config::Config;

@@ -1,10 +1,11 @@
 //! Proxying one request to an app, streaming both bodies.
 //!
 //! The upstream is a loopback listener of the workspace's tunnel; each request opens its own
-//! HTTP/1.1 connection to it (no pooling). Bodies flow through as hyper streams them, never
-//! gathered whole. The request loses hop-by-hop headers, the gateway's session cookie and, when
-//! the gateway used it to sign the viewer in, its `Authorization` header; it gains
-//! `X-Forwarded-For`, `-Proto` and `-Host`. The original `Host` is kept, so apps build
+//! HTTP/1.1 connection to it (no pooling), in TLS when the app speaks HTTPS (the `s` suffix;
+//! see [`crate::tls`]). Bodies flow through as hyper streams them, never gathered whole. The
+//! request loses hop-by-hop headers, the gateway's session cookie and, when the gateway used it
+//! to sign the viewer in, its `Authorization` header; it gains `X-Forwarded-For`, `-Proto`
+//! (`https` when browsers use HTTPS) and `-Host`. The original `Host` is kept, so apps build
 //! correct absolute URLs. An upgrade (WebSocket) keeps its `Connection: upgrade` and `Upgrade`
 //! headers, and after the app's 101 the two connections are spliced byte for byte.
 
@@ -16,9 +17,11 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::access::SESSION_COOKIE;
 use crate::pages::Body;
+use crate::tls::AppTls;
 
 /// What the proxy needs besides the request.
 pub struct Upstream {
@@ -28,6 +31,10 @@ pub struct Upstream {
     pub client: SocketAddr,
     /// Whether `Authorization` carried the gateway's token and must not reach the app.
     pub strip_authorization: bool,
+    /// Whether the browser reached the gateway over HTTPS (sets `X-Forwarded-Proto`).
+    pub browser_https: bool,
+    /// TLS towards the app, when it speaks HTTPS.
+    pub app_tls: Option<AppTls>,
 }
 
 /// Sends `request` to the app and returns its response, bodies streaming. An upgrade (a
@@ -52,11 +59,34 @@ pub async fn forward(
         .to_owned();
     *request.uri_mut() = path.parse().map_err(|_| ProxyError::BadPath)?;
 
-    // One connection per request, driven by its own task.
-    let stream = tokio::net::TcpStream::connect(upstream.addr)
-        .await
-        .map_err(ProxyError::Connect)?;
-    let _ = stream.set_nodelay(true);
+    // One connection per request, in TLS for an HTTPS app.
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(upstream.addr)
+            .await
+            .map_err(ProxyError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        match &upstream.app_tls {
+            None => send(stream, request).await,
+            Some(tls) => {
+                let stream = tls.connect(stream).await.map_err(ProxyError::Tls)?;
+                send(stream, request).await
+            }
+        }
+    };
+    let mut response = exchange.await?;
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match browser_side {
+        Some(browser_side) if switched => splice(browser_side, &mut response),
+        _ => remove_hop_by_hop(response.headers_mut()),
+    }
+    Ok(response.map(|b| b.boxed()))
+}
+
+// Sends the request on a new HTTP/1.1 connection over `stream`, driven by its own task.
+async fn send<S>(stream: S, request: Request<Incoming>) -> Result<Response<Incoming>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ProxyError::Upstream)?;
@@ -65,17 +95,10 @@ pub async fn forward(
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-
-    let mut response = sender
+    sender
         .send_request(request)
         .await
-        .map_err(ProxyError::Upstream)?;
-    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    match browser_side {
-        Some(browser_side) if switched => splice(browser_side, &mut response),
-        _ => remove_hop_by_hop(response.headers_mut()),
-    }
-    Ok(response.map(|b| b.boxed()))
+        .map_err(ProxyError::Upstream)
 }
 
 // Once both sides have switched protocols, copies bytes between them until either closes.
@@ -114,6 +137,9 @@ pub enum ProxyError {
     /// The tunnel's loopback listener refused (the tunnel thread stopped).
     #[error("cannot reach the workspace tunnel: {0}")]
     Connect(std::io::Error),
+    /// The TLS handshake with an HTTPS app failed (the app may speak plain HTTP: drop the `s`).
+    #[error("the TLS handshake with the app failed: {0}")]
+    Tls(std::io::Error),
     /// The app closed the connection or sent something that is not HTTP (often: nothing
     /// listens on that port in the workspace).
     #[error("the app did not answer: {0}")]
@@ -137,7 +163,12 @@ fn rewrite_request(headers: &mut HeaderMap, upstream: &Upstream) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if upstream.browser_https {
+        "https"
+    } else {
+        "http"
+    };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST, h),
         None => headers.remove(X_FORWARDED_HOST),
@@ -224,6 +255,8 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], 1)),
             client: SocketAddr::from(([127, 0, 0, 2], 5555)),
             strip_authorization: true,
+            browser_https: false,
+            app_tls: None,
         };
         rewrite_request(&mut h, &upstream);
         assert_eq!(h[header::COOKIE], "app=1; b=2");
@@ -233,6 +266,13 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.2");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "8080--a--b--c.apps.test");
+
+        let https = Upstream {
+            browser_https: true,
+            ..upstream
+        };
+        rewrite_request(&mut h, &https);
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP front: routes each request by its `Host` to the gateway's own pages and API (the
-//! app domain itself) or to an app (one label under it).
+//! app domain itself) or to an app (one label under it). With a configured certificate every
+//! browser connection is TLS first (see [`crate::tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::access::{Access, SESSION_COOKIE, Sessions, ShareLevel, decide, user_by_token};
 use crate::config::{Config, Workspace};
@@ -20,6 +23,7 @@ use crate::host::{AppHost, HostError, Name};
 use crate::pages::{self, Body};
 use crate::proxy::{self, Upstream};
 use crate::store::{Store, StoreError};
+use crate::tls::{AppTls, TlsError, browser_acceptor};
 use crate::tunnels::Tunnels;
 
 /// A running gateway's shared state.
@@ -28,19 +32,24 @@ pub struct Gateway {
     pub(crate) store: Store,
     sessions: Sessions,
     tunnels: Tunnels,
+    browser_tls: Option<TlsAcceptor>,
+    app_tls: AppTls,
 }
 
 impl Gateway {
-    /// Reads the gateway's key and opens its share database.
+    /// Reads the gateway's key and TLS files and opens its share database.
     pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         let key = PrivateKey::from_file(&config.private_key_file)
             .map_err(|e| StartError::Key(e.to_string()))?;
+        let browser_tls = config.tls.as_ref().map(browser_acceptor).transpose()?;
         let store = Store::open(&config.database)?;
         Ok(Arc::new(Gateway {
             config,
             store,
             sessions: Sessions::default(),
             tunnels: Tunnels::new(key),
+            browser_tls,
+            app_tls: AppTls::new()?,
         }))
     }
 
@@ -57,17 +66,33 @@ impl Gateway {
             };
             let gateway = self.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "browser connection ended with an error");
+                let Some(tls) = gateway.browser_tls.clone() else {
+                    return gateway.serve_connection(stream, client).await;
+                };
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => gateway.serve_connection(stream, client).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, %client, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                 }
             });
+        }
+    }
+
+    // Serves HTTP/1.1 (with upgrades) on one browser connection until it ends.
+    async fn serve_connection<S>(self: Arc<Self>, stream: S, client: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = self.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "browser connection ended with an error");
         }
     }
 
@@ -127,8 +152,13 @@ impl Gateway {
             return pages::sign_in(StatusCode::UNAUTHORIZED, &back, error);
         };
         let id = self.sessions.start(user.name.clone());
+        let secure = if self.config.tls.is_some() {
+            "; Secure"
+        } else {
+            ""
+        };
         let cookie = format!(
-            "{SESSION_COOKIE}={id}; Domain={}; Path=/; HttpOnly; SameSite=Lax",
+            "{SESSION_COOKIE}={id}; Domain={}; Path=/; HttpOnly; SameSite=Lax{secure}",
             self.config.cookie_domain()
         );
         let mut response = pages::redirect(StatusCode::SEE_OTHER, &back);
@@ -141,9 +171,13 @@ impl Gateway {
     // Only the gateway's own URLs are valid return targets (no open redirect).
     fn safe_return(&self, back: Option<&str>) -> String {
         let domain = &self.config.app_domain;
-        let home = format!("http://{domain}/");
+        let scheme = self.config.scheme();
+        let home = format!("{scheme}://{domain}/");
         let Some(back) = back else { return home };
-        let Some(rest) = back.strip_prefix("http://") else {
+        let Some(rest) = back
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("://"))
+        else {
             return home;
         };
         let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -186,14 +220,6 @@ impl Gateway {
         let Some(workspace) = workspace else {
             return not_found();
         };
-        if app.https {
-            return pages::page(
-                StatusCode::BAD_GATEWAY,
-                "HTTPS upstreams are not supported yet",
-                "This gateway cannot yet speak TLS to apps; open the port without the `s` suffix \
-                 if the app also serves plain HTTP.",
-            );
-        }
         self.proxy(req, workspace, &app, client, by_bearer).await
     }
 
@@ -220,6 +246,8 @@ impl Gateway {
             addr,
             client,
             strip_authorization,
+            browser_https: self.config.tls.is_some(),
+            app_tls: app.https.then(|| self.app_tls.clone()),
         };
         match proxy::forward(req, &upstream).await {
             Ok(mut response) => {
@@ -303,9 +331,10 @@ impl Gateway {
 
     pub(crate) fn to_sign_in(&self, req: &Request<Incoming>) -> Response<Body> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let back = format!("http://{}{path}", request_host(req));
+        let scheme = self.config.scheme();
+        let back = format!("{scheme}://{}{path}", request_host(req));
         let location = format!(
-            "http://{}/signin?return={}",
+            "{scheme}://{}/signin?return={}",
             self.config.app_domain,
             pages::percent_encode(&back)
         );
@@ -322,6 +351,9 @@ pub enum StartError {
     /// The share database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The TLS certificate or key is missing, unreadable or mismatched.
+    #[error("gateway TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// The request's host: the `Host` header, else the URI's authority.
@@ -366,3 +398,5 @@ struct Listing {
 
 const LISTING_LIMIT_BYTES: usize = 1024 * 1024;
 const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a browser may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -380,15 +380,6 @@ fn a_port_with_nothing_listening_gets_a_502_page_and_the_gateway_keeps_serving()
 }
 
 #[test]
-fn https_upstreams_are_refused_with_an_explanation() {
-    let h = Harness::start("https");
-    let host = format!("{}s--main--ws--alice.{DOMAIN}", h.app_port);
-    let r = h.get(&host, "/", &[("authorization", &bearer(ALICE))]);
-    assert_eq!(r.status, 502);
-    assert!(r.text().contains("HTTPS upstreams are not supported yet"));
-}
-
-#[test]
 fn websocket_upgrade_is_spliced_through_both_ways() {
     let h = Harness::start("websocket");
     let host = h.app_host("alice", "ws");
