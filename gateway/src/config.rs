@@ -7,6 +7,7 @@
 //! database = "shares.sqlite"              # share state; relative to the config file
 //! tls_cert = "gateway.crt"                # optional: serve HTTPS with this PEM certificate chain
 //! tls_key = "gateway.key.pem"             # and this PEM private key (both or neither)
+//! upstream_timeout_s = 60                 # how long an app may take to send its response headers
 //!
 //! [[users]]
 //! name = "alice"
@@ -33,6 +34,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ferry_crypto::keys::PublicKey;
 use serde::Deserialize;
@@ -53,6 +55,8 @@ pub struct Config {
     pub database: PathBuf,
     /// The browser side's certificate and key, when the gateway serves HTTPS.
     pub tls: Option<TlsFiles>,
+    /// How long the proxy waits for an app's response headers before answering 504.
+    pub upstream_timeout: Duration,
     /// Users by name.
     pub users: HashMap<Name, User>,
     /// Workspaces by name.
@@ -125,6 +129,7 @@ impl Config {
             private_key_file: base.join(raw.private_key_file),
             database: base.join(raw.database),
             tls,
+            upstream_timeout: seconds("upstream_timeout_s", raw.upstream_timeout_s)?,
             users,
             workspaces,
         })
@@ -170,6 +175,9 @@ pub enum ConfigError {
         "configuration: tls_cert and tls_key go together: give both to serve HTTPS, or neither"
     )]
     TlsPair,
+    /// A duration is zero.
+    #[error("configuration: {0} must be at least 1")]
+    ZeroDuration(&'static str),
     /// A workspace's names are too long for any app URL.
     #[error(
         "configuration: workspace {workspace}: even the shortest app label \
@@ -187,6 +195,8 @@ struct RawConfig {
     database: PathBuf,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    #[serde(default = "default_upstream_timeout_s")]
+    upstream_timeout_s: u64,
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
@@ -306,6 +316,17 @@ fn check_workspace(
     })
 }
 
+fn default_upstream_timeout_s() -> u64 {
+    DEFAULT_UPSTREAM_TIMEOUT_S
+}
+
+fn seconds(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
+    match value {
+        0 => Err(ConfigError::ZeroDuration(key)),
+        s => Ok(Duration::from_secs(s)),
+    }
+}
+
 /// Parses 64 hex digits.
 pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let text = text.trim().as_bytes();
@@ -319,6 +340,9 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     }
     Some(out)
 }
+
+/// Like common reverse proxies: an app gets a minute to start its answer.
+const DEFAULT_UPSTREAM_TIMEOUT_S: u64 = 60;
 
 #[cfg(test)]
 mod tests {
@@ -405,6 +429,22 @@ default_owner = "alice"
         let e = Config::parse(&one, Path::new(".")).unwrap_err();
         assert!(
             e.to_string().contains("tls_cert and tls_key go together"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_default_and_refuse_zero() {
+        let c = Config::parse(&text(""), Path::new(".")).unwrap();
+        assert_eq!(c.upstream_timeout, Duration::from_secs(60));
+        let zero = text("").replace(
+            "database = \"shares.sqlite\"\n",
+            "database = \"shares.sqlite\"\nupstream_timeout_s = 0\n",
+        );
+        let e = Config::parse(&zero, Path::new(".")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("upstream_timeout_s must be at least 1"),
             "{e}"
         );
     }

@@ -8,8 +8,14 @@
 //! (`https` when browsers use HTTPS) and `-Host`. The original `Host` is kept, so apps build
 //! correct absolute URLs. An upgrade (WebSocket) keeps its `Connection: upgrade` and `Upgrade`
 //! headers, and after the app's 101 the two connections are spliced byte for byte.
+//!
+//! The app has [`Upstream::timeout`] to send its response headers. When the agent finds nothing
+//! listening on the port it resets the tunnel flow, and the tunnel then resets (or, in some
+//! races, closes) the loopback connection; [`ProxyError::is_no_answer`] tells the caller that
+//! the app sent nothing at all, so it can ask the agent whether the port is listening.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -18,6 +24,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 
 use crate::access::SESSION_COOKIE;
 use crate::pages::Body;
@@ -35,6 +42,8 @@ pub struct Upstream {
     pub browser_https: bool,
     /// TLS towards the app, when it speaks HTTPS.
     pub app_tls: Option<AppTls>,
+    /// How long the app may take to send its response headers.
+    pub timeout: Duration,
 }
 
 /// Sends `request` to the app and returns its response, bodies streaming. An upgrade (a
@@ -59,7 +68,7 @@ pub async fn forward(
         .to_owned();
     *request.uri_mut() = path.parse().map_err(|_| ProxyError::BadPath)?;
 
-    // One connection per request, in TLS for an HTTPS app.
+    // One connection per request (in TLS for an HTTPS app), answered within the timeout.
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(upstream.addr)
             .await
@@ -68,12 +77,14 @@ pub async fn forward(
         match &upstream.app_tls {
             None => send(stream, request).await,
             Some(tls) => {
-                let stream = tls.connect(stream).await.map_err(ProxyError::Tls)?;
+                let stream = tls.connect(stream).await.map_err(ProxyError::from_tls)?;
                 send(stream, request).await
             }
         }
     };
-    let mut response = exchange.await?;
+    let mut response = tokio::time::timeout(upstream.timeout, exchange)
+        .await
+        .map_err(|_| ProxyError::Timeout(upstream.timeout))??;
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match browser_side {
         Some(browser_side) if switched => splice(browser_side, &mut response),
@@ -89,16 +100,26 @@ where
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(ProxyError::Upstream)?;
+        .map_err(ProxyError::from_hyper)?;
+    let (ended, conn_reset) = oneshot::channel();
     tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
+        let result = conn.with_upgrades().await;
+        if let Err(e) = &result {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
+        let _ = ended.send(result.is_err_and(|e| is_reset(&e)));
     });
-    sender
-        .send_request(request)
-        .await
-        .map_err(ProxyError::Upstream)
+    let error = match sender.send_request(request).await {
+        Ok(response) => return Ok(response),
+        Err(e) => ProxyError::from_hyper(e),
+    };
+
+    // A reset may reach only the connection's task, the request then seeing "canceled".
+    let reset = tokio::time::timeout(CONN_END_WAIT, conn_reset).await;
+    match reset {
+        Ok(Ok(true)) => Err(ProxyError::Refused),
+        _ => Err(error),
+    }
 }
 
 // Once both sides have switched protocols, copies bytes between them until either closes.
@@ -137,13 +158,68 @@ pub enum ProxyError {
     /// The tunnel's loopback listener refused (the tunnel thread stopped).
     #[error("cannot reach the workspace tunnel: {0}")]
     Connect(std::io::Error),
+    /// The connection was reset before any answer: the agent found nothing listening on the
+    /// workspace port (or the app itself reset the connection).
+    #[error("the connection was reset before the app answered")]
+    Refused,
     /// The TLS handshake with an HTTPS app failed (the app may speak plain HTTP: drop the `s`).
     #[error("the TLS handshake with the app failed: {0}")]
     Tls(std::io::Error),
-    /// The app closed the connection or sent something that is not HTTP (often: nothing
-    /// listens on that port in the workspace).
+    /// The app closed the connection or sent something that is not HTTP.
     #[error("the app did not answer: {0}")]
     Upstream(hyper::Error),
+    /// The app sent no response headers in time (or the tunnel to it stalled).
+    #[error("the app did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+impl ProxyError {
+    /// Whether the app sent nothing at all before its connection ended (reset or closed), as
+    /// when nothing listens on the port.
+    pub fn is_no_answer(&self) -> bool {
+        match self {
+            ProxyError::Refused => true,
+            ProxyError::Tls(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
+            ProxyError::Upstream(e) => e.is_incomplete_message() || e.is_canceled(),
+            ProxyError::BadPath | ProxyError::Connect(_) | ProxyError::Timeout(_) => false,
+        }
+    }
+
+    fn from_hyper(e: hyper::Error) -> ProxyError {
+        if is_reset(&e) {
+            ProxyError::Refused
+        } else {
+            ProxyError::Upstream(e)
+        }
+    }
+
+    fn from_tls(e: std::io::Error) -> ProxyError {
+        if is_reset(&e) {
+            ProxyError::Refused
+        } else {
+            ProxyError::Tls(e)
+        }
+    }
+}
+
+// Whether an error, or one of its sources, is a connection reset.
+fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let Some(io) = err.downcast_ref::<std::io::Error>() else {
+            next = err.source();
+            continue;
+        };
+        if io.kind() == std::io::ErrorKind::ConnectionReset {
+            return true;
+        }
+        // An I/O error's `source` skips the error it wraps; look at that one first.
+        next = match io.get_ref() {
+            Some(inner) => Some(inner),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 // Removes what must not reach the app and adds the forwarding headers.
@@ -212,6 +288,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// How long a failed request waits for its connection's own error, which may be a reset.
+const CONN_END_WAIT: Duration = Duration::from_secs(1);
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -257,6 +335,7 @@ mod tests {
             strip_authorization: true,
             browser_https: false,
             app_tls: None,
+            timeout: Duration::from_secs(1),
         };
         rewrite_request(&mut h, &upstream);
         assert_eq!(h[header::COOKIE], "app=1; b=2");
@@ -273,6 +352,23 @@ mod tests {
         };
         rewrite_request(&mut h, &https);
         assert_eq!(h[X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn resets_are_found_among_error_sources() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(is_reset(&reset));
+        let wrapped = std::io::Error::other(reset);
+        assert!(is_reset(&wrapped));
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(!is_reset(&eof));
+        assert!(matches!(ProxyError::from_tls(wrapped), ProxyError::Refused));
+        let eof = ProxyError::from_tls(eof);
+        assert!(matches!(eof, ProxyError::Tls(_)));
+        assert!(eof.is_no_answer());
+        let bad = std::io::Error::from(std::io::ErrorKind::InvalidData);
+        assert!(!ProxyError::from_tls(bad).is_no_answer());
+        assert!(!ProxyError::Timeout(Duration::from_secs(1)).is_no_answer());
     }
 
     #[test]

@@ -21,10 +21,10 @@ use crate::config::{Config, Workspace};
 use crate::cors;
 use crate::host::{AppHost, HostError, Name};
 use crate::pages::{self, Body};
-use crate::proxy::{self, Upstream};
+use crate::proxy::{self, ProxyError, Upstream};
 use crate::store::{Store, StoreError};
 use crate::tls::{AppTls, TlsError, browser_acceptor};
-use crate::tunnels::Tunnels;
+use crate::tunnels::{TunnelError, Tunnels};
 
 /// A running gateway's shared state.
 pub struct Gateway {
@@ -234,13 +234,7 @@ impl Gateway {
         let request_headers = req.headers().clone();
         let addr = match self.tunnels.port(workspace, app.port).await {
             Ok(addr) => addr,
-            Err(e) => {
-                return pages::page(
-                    StatusCode::BAD_GATEWAY,
-                    "Workspace unreachable",
-                    &e.to_string(),
-                );
-            }
+            Err(e) => return unreachable(&e),
         };
         let upstream = Upstream {
             addr,
@@ -248,6 +242,7 @@ impl Gateway {
             strip_authorization,
             browser_https: self.config.tls.is_some(),
             app_tls: app.https.then(|| self.app_tls.clone()),
+            timeout: self.config.upstream_timeout,
         };
         match proxy::forward(req, &upstream).await {
             Ok(mut response) => {
@@ -255,14 +250,53 @@ impl Gateway {
                 cors::rewrite_response(response.headers_mut(), &request_headers, &app.user, domain);
                 response
             }
-            Err(e) => pages::page(
-                StatusCode::BAD_GATEWAY,
-                "The app did not answer",
+            Err(e) => self.app_failure(&e, workspace, app).await,
+        }
+    }
+
+    // The app could not be reached through a working tunnel. When it sent nothing at all and
+    // its agent does not list the port, nothing listens there: a 404 saying so (the viewer
+    // already passed the access check, so this reveals nothing). A timeout is a 504.
+    async fn app_failure(
+        &self,
+        e: &ProxyError,
+        workspace: &Workspace,
+        app: &AppHost,
+    ) -> Response<Body> {
+        let (port, name) = (app.port, &app.workspace);
+        if e.is_no_answer() && !self.is_listening(workspace, port, e).await {
+            return pages::page(
+                StatusCode::NOT_FOUND,
+                "No app is listening on this port",
                 &format!(
-                    "Port {} in workspace {}: {e}. Is the app listening?",
-                    app.port, app.workspace
+                    "Nothing is listening on port {port} in workspace {name}. Start the app \
+                     (listening on 127.0.0.1 or ::1), then reload this page."
                 ),
+            );
+        }
+        let (status, title) = match e {
+            ProxyError::Timeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "The app did not answer in time",
             ),
+            _ => (StatusCode::BAD_GATEWAY, "The app did not answer"),
+        };
+        pages::page(
+            status,
+            title,
+            &format!("Port {port} in workspace {name}: {e}."),
+        )
+    }
+
+    // Whether the agent lists `port` as listening. Without a list, a reset counts as nothing
+    // listening, as that is what the agent sends for a closed port.
+    async fn is_listening(&self, workspace: &Workspace, port: u16, e: &ProxyError) -> bool {
+        match self.agent_ports(workspace).await {
+            Ok(ports) => ports.contains(&port),
+            Err(list_error) => {
+                tracing::debug!(error = %list_error, "no port list to explain a failed request");
+                !matches!(e, ProxyError::Refused)
+            }
         }
     }
 
@@ -380,6 +414,16 @@ fn not_found() -> Response<Body> {
         "Not found",
         "No app is available at this address.",
     )
+}
+
+// The workspace's tunnel could not give a connection: 504 when its agent did not answer in
+// time, else 502.
+fn unreachable(e: &TunnelError) -> Response<Body> {
+    let status = match e {
+        TunnelError::NoHandshake => StatusCode::GATEWAY_TIMEOUT,
+        TunnelError::Start(_) | TunnelError::Gone => StatusCode::BAD_GATEWAY,
+    };
+    pages::page(status, "Workspace unreachable", &e.to_string())
 }
 
 fn store_failure(e: &StoreError) -> Response<Body> {

@@ -9,11 +9,19 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ALICE, DOMAIN, Harness, pattern_digest};
-use support::{add_config, enable_tls, https_app, self_signed, tls_get, tls_send};
+use common::{ALICE, BOB, DOMAIN, Harness, pattern_digest};
+use support::{
+    add_config, closing_app, enable_tls, https_app, self_signed, silent_app, tls_get, tls_send,
+};
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+// A port on loopback where nothing listens.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 #[test]
@@ -194,6 +202,67 @@ fn s_url_to_a_plain_http_app_gets_a_502_naming_tls() {
         "{}",
         r.text()
     );
+}
+
+#[test]
+fn a_port_with_nothing_listening_gets_a_404_saying_so_and_the_gateway_keeps_serving() {
+    let h = Harness::start("refused");
+    let port = closed_port();
+    let alice = bearer(ALICE);
+    for suffix in ["", "s"] {
+        let host = format!("{port}{suffix}--main--ws--alice.{DOMAIN}");
+        let r = h.get(&host, "/", &[("authorization", &alice)]);
+        assert_eq!(r.status, 404, "{host}: {}", r.text());
+        assert!(r.text().contains("No app is listening"), "{}", r.text());
+        assert!(r.text().contains(&format!("port {port}")), "{}", r.text());
+
+        // Another user without access learns nothing about the port.
+        let r = h.get(&host, "/", &[("authorization", &bearer(BOB))]);
+        assert_eq!(r.status, 404);
+        assert!(!r.text().contains("listening"), "{}", r.text());
+    }
+    let app = h.get(
+        &h.app_host("alice", "ws"),
+        "/",
+        &[("authorization", &alice)],
+    );
+    assert_eq!(app.status, 200);
+}
+
+#[test]
+fn a_listening_app_that_closes_without_answering_gets_a_502_not_a_404() {
+    let h = Harness::start("closing");
+    let app = closing_app();
+    let host = format!("{}--main--ws--alice.{DOMAIN}", app.port);
+    let r = h.get(&host, "/", &[("authorization", &bearer(ALICE))]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("The app did not answer"), "{}", r.text());
+    assert!(!r.text().contains("No app is listening"), "{}", r.text());
+}
+
+#[test]
+fn an_app_that_never_answers_gets_a_504_after_the_upstream_timeout() {
+    let mut h = Harness::start("silent");
+    add_config(&mut h, "upstream_timeout_s = 2");
+    h.start_gateway();
+    let app = silent_app();
+    let host = format!("{}--main--ws--alice.{DOMAIN}", app.port);
+    let started = Instant::now();
+    let r = h.get(&host, "/", &[("authorization", &bearer(ALICE))]);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("within 2 s"), "{}", r.text());
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[test]
+fn an_agent_that_does_not_answer_the_handshake_gets_a_504_page() {
+    // `capped` points at a loopback port where no agent runs.
+    let h = Harness::start("no-agent");
+    let host = format!("8080--main--capped--alice.{DOMAIN}");
+    let r = h.get(&host, "/", &[("authorization", &bearer(ALICE))]);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("Workspace unreachable"), "{}", r.text());
+    assert!(r.text().contains("handshake"), "{}", r.text());
 }
 
 // Runs the gateway binary on `config`; returns whether it was still running after a short

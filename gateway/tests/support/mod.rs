@@ -242,6 +242,11 @@ pub fn silent_app() -> SideServer {
     })
 }
 
+/// A server that closes every connection at once, without a word.
+pub fn closing_app() -> SideServer {
+    SideServer::start(|stream| async move { drop(stream) })
+}
+
 /// A WebSocket echo server: every text or binary message comes back as it was.
 pub fn websocket_echo() -> SideServer {
     use futures_util::{SinkExt, StreamExt};
