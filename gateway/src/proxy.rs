@@ -72,7 +72,7 @@ pub async fn forward(
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(upstream.addr)
             .await
-            .map_err(ProxyError::Connect)?;
+            .map_err(ProxyError::from_connect)?;
         let _ = stream.set_nodelay(true);
         match &upstream.app_tls {
             None => send(stream, request).await,
@@ -190,6 +190,16 @@ impl ProxyError {
             ProxyError::Refused
         } else {
             ProxyError::Upstream(e)
+        }
+    }
+
+    // The tunnel's listener accepts at once; a reset that arrives before the connect returns is
+    // the agent's answer, not the listener's.
+    fn from_connect(e: std::io::Error) -> ProxyError {
+        if is_reset(&e) {
+            ProxyError::Refused
+        } else {
+            ProxyError::Connect(e)
         }
     }
 
@@ -363,6 +373,16 @@ mod tests {
         let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
         assert!(!is_reset(&eof));
         assert!(matches!(ProxyError::from_tls(wrapped), ProxyError::Refused));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            ProxyError::from_connect(refused),
+            ProxyError::Connect(_)
+        ));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            ProxyError::from_connect(reset),
+            ProxyError::Refused
+        ));
         let eof = ProxyError::from_tls(eof);
         assert!(matches!(eof, ProxyError::Tls(_)));
         assert!(eof.is_no_answer());
