@@ -4,9 +4,10 @@
 //! listen = "127.0.0.1:8080"
 //! app_domain = "apps.example.test:8080"   # with its port when not 80
 //! private_key_file = "gateway.key"        # the gateway's WireGuard key (wg's base64)
-//! database = "shares.sqlite"              # share state; relative to the config file
+//! database = "shares.sqlite"              # shares and sessions; relative to this file
 //! tls_cert = "gateway.crt"                # optional: serve HTTPS with this PEM certificate chain
 //! tls_key = "gateway.key.pem"             # and this PEM private key (both or neither)
+//! session_lifetime_s = 604800             # how long a sign-in lasts (default 7 days)
 //! upstream_timeout_s = 60                 # how long an app may take to send its response headers
 //!
 //! [[users]]
@@ -51,10 +52,12 @@ pub struct Config {
     pub app_domain: String,
     /// The gateway's WireGuard private key file.
     pub private_key_file: PathBuf,
-    /// The SQLite database holding share state.
+    /// The SQLite database holding shares and sign-in sessions.
     pub database: PathBuf,
     /// The browser side's certificate and key, when the gateway serves HTTPS.
     pub tls: Option<TlsFiles>,
+    /// How long a sign-in session lasts.
+    pub session_lifetime: Duration,
     /// How long the proxy waits for an app's response headers before answering 504.
     pub upstream_timeout: Duration,
     /// Users by name.
@@ -129,6 +132,7 @@ impl Config {
             private_key_file: base.join(raw.private_key_file),
             database: base.join(raw.database),
             tls,
+            session_lifetime: seconds("session_lifetime_s", raw.session_lifetime_s)?,
             upstream_timeout: seconds("upstream_timeout_s", raw.upstream_timeout_s)?,
             users,
             workspaces,
@@ -195,6 +199,8 @@ struct RawConfig {
     database: PathBuf,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    #[serde(default = "default_session_lifetime_s")]
+    session_lifetime_s: u64,
     #[serde(default = "default_upstream_timeout_s")]
     upstream_timeout_s: u64,
     #[serde(default)]
@@ -316,6 +322,10 @@ fn check_workspace(
     })
 }
 
+fn default_session_lifetime_s() -> u64 {
+    DEFAULT_SESSION_LIFETIME_S
+}
+
 fn default_upstream_timeout_s() -> u64 {
     DEFAULT_UPSTREAM_TIMEOUT_S
 }
@@ -341,6 +351,8 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A sign-in lasts a week unless the config says otherwise.
+const DEFAULT_SESSION_LIFETIME_S: u64 = 7 * 24 * 3600;
 /// Like common reverse proxies: an app gets a minute to start its answer.
 const DEFAULT_UPSTREAM_TIMEOUT_S: u64 = 60;
 
@@ -436,17 +448,19 @@ default_owner = "alice"
     #[test]
     fn durations_default_and_refuse_zero() {
         let c = Config::parse(&text(""), Path::new(".")).unwrap();
+        assert_eq!(c.session_lifetime, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.upstream_timeout, Duration::from_secs(60));
-        let zero = text("").replace(
-            "database = \"shares.sqlite\"\n",
-            "database = \"shares.sqlite\"\nupstream_timeout_s = 0\n",
-        );
-        let e = Config::parse(&zero, Path::new(".")).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("upstream_timeout_s must be at least 1"),
-            "{e}"
-        );
+        for key in ["session_lifetime_s", "upstream_timeout_s"] {
+            let zero = text("").replace(
+                "database = \"shares.sqlite\"\n",
+                &format!("database = \"shares.sqlite\"\n{key} = 0\n"),
+            );
+            let e = Config::parse(&zero, Path::new(".")).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("{key} must be at least 1")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!
 //! With a certificate configured it serves browsers over HTTPS, and it speaks TLS to apps whose
 //! URL carries the `s` suffix ([`tls`]). Upgrades (WebSocket) are spliced byte for byte after
-//! the app's 101 answer, tested with a raw echo rather than a WebSocket codec.
-//! Sessions are kept in memory, so a restart signs browsers out.
+//! the app's 101 answer. Sign-in sessions are kept in SQLite beside the shares ([`sessions`]),
+//! so a restart keeps browsers signed in.
 //!
 //! Not done yet (see `docs/limitations.md`): app healthchecks, and a browser-driven (Chromium)
 //! test of the workspace page.
@@ -26,6 +26,7 @@ pub mod host;
 pub mod pages;
 pub mod proxy;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod tls;
 pub mod tunnels;

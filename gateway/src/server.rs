@@ -16,12 +16,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::access::{Access, SESSION_COOKIE, Sessions, ShareLevel, decide, user_by_token};
+use crate::access::{Access, SESSION_COOKIE, ShareLevel, decide, user_by_token};
 use crate::config::{Config, Workspace};
 use crate::cors;
 use crate::host::{AppHost, HostError, Name};
 use crate::pages::{self, Body};
 use crate::proxy::{self, ProxyError, Upstream};
+use crate::sessions::Sessions;
 use crate::store::{Store, StoreError};
 use crate::tls::{AppTls, TlsError, browser_acceptor};
 use crate::tunnels::{TunnelError, Tunnels};
@@ -37,16 +38,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Reads the gateway's key and TLS files and opens its share database.
+    /// Reads the gateway's key and TLS files and opens its database.
     pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         let key = PrivateKey::from_file(&config.private_key_file)
             .map_err(|e| StartError::Key(e.to_string()))?;
         let browser_tls = config.tls.as_ref().map(browser_acceptor).transpose()?;
         let store = Store::open(&config.database)?;
+        let sessions = Sessions::open(&config.database, config.session_lifetime)?;
         Ok(Arc::new(Gateway {
             config,
             store,
-            sessions: Sessions::default(),
+            sessions,
             tunnels: Tunnels::new(key),
             browser_tls,
             app_tls: AppTls::new()?,
@@ -133,6 +135,8 @@ impl Gateway {
                 pages::sign_in(StatusCode::OK, &self.safe_return(back.as_deref()), None)
             }
             (Method::POST, "/signin") => self.handle_sign_in(req).await,
+            (Method::GET, "/signout") => pages::sign_out(),
+            (Method::POST, "/signout") => self.handle_sign_out(&req),
             (_, p) if p.starts_with("/api/") => crate::api::handle(self, req).await,
             (_, p) if p.starts_with("/workspaces/") => crate::dashboard::handle(self, req).await,
             _ => pages::page(StatusCode::NOT_FOUND, "Not found", "There is nothing here."),
@@ -151,21 +155,47 @@ impl Gateway {
             let error = Some("That token is not valid.");
             return pages::sign_in(StatusCode::UNAUTHORIZED, &back, error);
         };
-        let id = self.sessions.start(user.name.clone());
+        let id = match self.sessions.start(&user.name) {
+            Ok(id) => id,
+            Err(e) => return store_failure(&e),
+        };
+        let max_age = self.sessions.lifetime().as_secs();
+        let mut response = pages::redirect(StatusCode::SEE_OTHER, &back);
+        self.set_session_cookie(&mut response, &id, max_age);
+        response
+    }
+
+    // A sign-out form post: the session ends in the database and the cookie is cleared.
+    fn handle_sign_out(&self, req: &Request<Incoming>) -> Response<Body> {
+        let id = pages::cookie(req.headers(), SESSION_COOKIE);
+        if let Err(e) = id.map(|id| self.sessions.end(&id)).transpose() {
+            return store_failure(&e);
+        }
+        let signin = format!(
+            "{}://{}/signin",
+            self.config.scheme(),
+            self.config.app_domain
+        );
+        let mut response = pages::redirect(StatusCode::SEE_OTHER, &signin);
+        self.set_session_cookie(&mut response, "", 0);
+        response
+    }
+
+    // The session cookie for the app domain and its apps; `Secure` when browsers use HTTPS.
+    fn set_session_cookie(&self, response: &mut Response<Body>, id: &str, max_age_s: u64) {
         let secure = if self.config.tls.is_some() {
             "; Secure"
         } else {
             ""
         };
         let cookie = format!(
-            "{SESSION_COOKIE}={id}; Domain={}; Path=/; HttpOnly; SameSite=Lax{secure}",
+            "{SESSION_COOKIE}={id}; Domain={}; Path=/; Max-Age={max_age_s}; HttpOnly; \
+             SameSite=Lax{secure}",
             self.config.cookie_domain()
         );
-        let mut response = pages::redirect(StatusCode::SEE_OTHER, &back);
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             response.headers_mut().insert(header::SET_COOKIE, v);
         }
-        response
     }
 
     // Only the gateway's own URLs are valid return targets (no open redirect).
@@ -341,8 +371,15 @@ impl Gateway {
         {
             return (Some(user.name.clone()), true);
         }
-        let by_cookie =
-            pages::cookie(headers, SESSION_COOKIE).and_then(|id| self.sessions.user(&id));
+        let by_cookie = pages::cookie(headers, SESSION_COOKIE).and_then(|id| {
+            self.sessions
+                .user(&id)
+                .inspect_err(|e| tracing::error!(error = %e, "session database failed"))
+                .ok()
+                .flatten()
+        });
+        // A session outlives a restart, but not its user's removal from the config.
+        let by_cookie = by_cookie.filter(|name| self.config.users.contains_key(name));
         (by_cookie, false)
     }
 
@@ -382,7 +419,7 @@ pub enum StartError {
     /// The private key file is missing or malformed.
     #[error("gateway private key: {0}")]
     Key(String),
-    /// The share database could not be opened.
+    /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The TLS certificate or key is missing, unreadable or mismatched.
