@@ -115,14 +115,16 @@ fn a_session_of_a_user_removed_from_the_config_signs_no_one_in() {
     assert_eq!(status_with_cookie(&h, &bob), 200);
 
     // Bob and his workspace leave the config; his session row is still in the database.
-    let user = "[[users]]\nname = \"bob\"\n";
-    let start = h.config_text.find(user).unwrap();
-    let end = start + h.config_text[start + user.len()..].find("[[").unwrap() + user.len();
-    h.config_text.replace_range(start..end, "");
-    let ws = "[[workspaces]]\nname = \"bobs\"\n";
-    let start = h.config_text.find(ws).unwrap();
-    let end = start + h.config_text[start + ws.len()..].find("[[").unwrap() + ws.len();
-    h.config_text.replace_range(start..end, "");
+    remove_table(&mut h.config_text, "[[users]]\nname = \"bob\"\n");
+    remove_table(&mut h.config_text, "[[workspaces]]\nname = \"bobs\"\n");
     h.start_gateway();
     assert_eq!(status_with_cookie(&h, &bob), 302);
+}
+
+// Removes the TOML table that starts with `head`, up to the next table.
+fn remove_table(config: &mut String, head: &str) {
+    let start = config.find(head).unwrap();
+    let after = start + head.len();
+    let end = after + config[after..].find("[[").unwrap();
+    config.replace_range(start..end, "");
 }
