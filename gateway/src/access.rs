@@ -2,16 +2,14 @@
 //!
 //! A port's share level is owner (the default), authenticated (any signed-in user) or public
 //! (anyone with the URL); a template's maximum caps what owners may set. [`decide`] turns a
-//! level, the owner and the viewer into allow, sign in, or not found. Sessions live in memory
-//! only: a gateway restart signs everyone out (shares themselves are kept in SQLite).
+//! level, the owner and the viewer into allow, sign in, or not found. Browser sessions are kept
+//! in SQLite by [`crate::sessions`].
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
 
 use clap::ValueEnum;
-use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -93,30 +91,6 @@ pub fn user_by_token<'a>(users: &'a HashMap<Name, User>, token: &str) -> Option<
     users.values().find(|u| u.token_sha256 == hash)
 }
 
-/// Browser sessions: random ids mapped to user names, in memory.
-#[derive(Default)]
-pub struct Sessions {
-    by_id: Mutex<HashMap<String, Name>>,
-}
-
-impl Sessions {
-    /// Starts a session for `user` and returns its id (64 hex digits from the OS RNG).
-    pub fn start(&self, user: Name) -> String {
-        let mut bytes = [0u8; 32];
-        OsRng.fill_bytes(&mut bytes);
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        if let Ok(mut map) = self.by_id.lock() {
-            map.insert(id.clone(), user);
-        }
-        id
-    }
-
-    /// The user signed in with this session id, if any.
-    pub fn user(&self, id: &str) -> Option<Name> {
-        self.by_id.lock().ok()?.get(id).cloned()
-    }
-}
-
 /// The gateway's session cookie name; it is never forwarded to apps.
 pub const SESSION_COOKIE: &str = "ferry_session";
 
@@ -149,15 +123,5 @@ mod tests {
         assert!(ShareLevel::Authenticated < ShareLevel::Public);
         assert_eq!("public".parse(), Ok(ShareLevel::Public));
         assert!("everyone".parse::<ShareLevel>().is_err());
-    }
-
-    #[test]
-    fn sessions_map_random_ids_to_users() {
-        let s = Sessions::default();
-        let id = s.start(Name::parse("alice").unwrap());
-        assert_eq!(id.len(), 64);
-        assert_eq!(s.user(&id).unwrap().as_str(), "alice");
-        assert!(s.user("nope").is_none());
-        assert_ne!(id, s.start(Name::parse("alice").unwrap()));
     }
 }

@@ -278,7 +278,13 @@ pub fn share_json(gateway: &Gateway, workspace: &Workspace, share: &Share) -> se
     let w = workspace;
     let url = app_label(share.port, https, &w.agent, &w.name, &w.owner)
         .ok()
-        .map(|label| format!("http://{label}.{}/", gateway.config.app_domain));
+        .map(|label| {
+            format!(
+                "{}://{label}.{}/",
+                gateway.config.scheme(),
+                gateway.config.app_domain
+            )
+        });
     json!({
         "workspace": share.workspace,
         "agent": share.agent,

@@ -4,7 +4,11 @@
 //! listen = "127.0.0.1:8080"
 //! app_domain = "apps.example.test:8080"   # with its port when not 80
 //! private_key_file = "gateway.key"        # the gateway's WireGuard key (wg's base64)
-//! database = "shares.sqlite"              # share state; relative to the config file
+//! database = "shares.sqlite"              # shares and sessions; relative to this file
+//! tls_cert = "gateway.crt"                # optional: serve HTTPS with this PEM certificate chain
+//! tls_key = "gateway.key.pem"             # and this PEM private key (both or neither)
+//! session_lifetime_s = 604800             # how long a sign-in lasts (default 7 days)
+//! upstream_timeout_s = 60                 # how long an app may take to send its response headers
 //!
 //! [[users]]
 //! name = "alice"
@@ -22,10 +26,16 @@
 //! public_key = "base64..."
 //! template = "dev"
 //! ```
+//!
+//! With `tls_cert` and `tls_key` the gateway speaks HTTPS to browsers: app URLs, redirects and
+//! `X-Forwarded-Proto` say `https`, and the session cookie is `Secure`. The certificate must
+//! cover the app domain and its wildcard (`apps.example.test` and `*.apps.example.test`); the
+//! files are read once at startup, and a missing, unreadable or mismatched pair stops it there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ferry_crypto::keys::PublicKey;
 use serde::Deserialize;
@@ -42,12 +52,27 @@ pub struct Config {
     pub app_domain: String,
     /// The gateway's WireGuard private key file.
     pub private_key_file: PathBuf,
-    /// The SQLite database holding share state.
+    /// The SQLite database holding shares and sign-in sessions.
     pub database: PathBuf,
+    /// The browser side's certificate and key, when the gateway serves HTTPS.
+    pub tls: Option<TlsFiles>,
+    /// How long a sign-in session lasts.
+    pub session_lifetime: Duration,
+    /// How long the proxy waits for an app's response headers before answering 504.
+    pub upstream_timeout: Duration,
     /// Users by name.
     pub users: HashMap<Name, User>,
     /// Workspaces by name.
     pub workspaces: HashMap<Name, Workspace>,
+}
+
+/// The PEM files of the browser side's TLS certificate chain and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// A user of the deployment.
@@ -93,14 +118,30 @@ impl Config {
             toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let users = check_users(&raw.users)?;
         let workspaces = check_workspaces(&raw, &users)?;
+        let tls = match (&raw.tls_cert, &raw.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: base.join(cert),
+                key: base.join(key),
+            }),
+            (None, None) => None,
+            _ => return Err(ConfigError::TlsPair),
+        };
         Ok(Config {
             listen: raw.listen,
             app_domain: raw.app_domain.to_ascii_lowercase(),
             private_key_file: base.join(raw.private_key_file),
             database: base.join(raw.database),
+            tls,
+            session_lifetime: seconds("session_lifetime_s", raw.session_lifetime_s)?,
+            upstream_timeout: seconds("upstream_timeout_s", raw.upstream_timeout_s)?,
             users,
             workspaces,
         })
+    }
+
+    /// The scheme browsers use to reach the gateway: `https` when it has a certificate.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     /// The cookie domain: the app domain without its port.
@@ -133,6 +174,14 @@ pub enum ConfigError {
     /// A reference to a user or template that is not defined, or a duplicate.
     #[error("configuration: {0}")]
     Reference(String),
+    /// Only one of `tls_cert` and `tls_key` was given.
+    #[error(
+        "configuration: tls_cert and tls_key go together: give both to serve HTTPS, or neither"
+    )]
+    TlsPair,
+    /// A duration is zero.
+    #[error("configuration: {0} must be at least 1")]
+    ZeroDuration(&'static str),
     /// A workspace's names are too long for any app URL.
     #[error(
         "configuration: workspace {workspace}: even the shortest app label \
@@ -148,6 +197,12 @@ struct RawConfig {
     app_domain: String,
     private_key_file: PathBuf,
     database: PathBuf,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    #[serde(default = "default_session_lifetime_s")]
+    session_lifetime_s: u64,
+    #[serde(default = "default_upstream_timeout_s")]
+    upstream_timeout_s: u64,
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
@@ -267,6 +322,21 @@ fn check_workspace(
     })
 }
 
+fn default_session_lifetime_s() -> u64 {
+    DEFAULT_SESSION_LIFETIME_S
+}
+
+fn default_upstream_timeout_s() -> u64 {
+    DEFAULT_UPSTREAM_TIMEOUT_S
+}
+
+fn seconds(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
+    match value {
+        0 => Err(ConfigError::ZeroDuration(key)),
+        s => Ok(Duration::from_secs(s)),
+    }
+}
+
 /// Parses 64 hex digits.
 pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let text = text.trim().as_bytes();
@@ -280,6 +350,11 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
     }
     Some(out)
 }
+
+/// A sign-in lasts a week unless the config says otherwise.
+const DEFAULT_SESSION_LIFETIME_S: u64 = 7 * 24 * 3600;
+/// Like common reverse proxies: an app gets a minute to start its answer.
+const DEFAULT_UPSTREAM_TIMEOUT_S: u64 = 60;
 
 #[cfg(test)]
 mod tests {
@@ -346,6 +421,46 @@ default_owner = "alice"
         );
         let e = Config::parse(&text(&ws), Path::new(".")).unwrap_err();
         assert!(e.to_string().contains("at most 63"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_relative_to_the_config() {
+        let c = Config::parse(&text(""), Path::new("/etc/ferry")).unwrap();
+        assert!(c.tls.is_none());
+        assert_eq!(c.scheme(), "http");
+        let both = text("").replace(
+            "database = \"shares.sqlite\"\n",
+            "database = \"shares.sqlite\"\ntls_cert = \"gw.crt\"\ntls_key = \"/k/gw.pem\"\n",
+        );
+        let c = Config::parse(&both, Path::new("/etc/ferry")).unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, Path::new("/etc/ferry/gw.crt"));
+        assert_eq!(tls.key, Path::new("/k/gw.pem"));
+        assert_eq!(c.scheme(), "https");
+        let one = both.replace("tls_key = \"/k/gw.pem\"\n", "");
+        let e = Config::parse(&one, Path::new(".")).unwrap_err();
+        assert!(
+            e.to_string().contains("tls_cert and tls_key go together"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_default_and_refuse_zero() {
+        let c = Config::parse(&text(""), Path::new(".")).unwrap();
+        assert_eq!(c.session_lifetime, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(c.upstream_timeout, Duration::from_secs(60));
+        for key in ["session_lifetime_s", "upstream_timeout_s"] {
+            let zero = text("").replace(
+                "database = \"shares.sqlite\"\n",
+                &format!("database = \"shares.sqlite\"\n{key} = 0\n"),
+            );
+            let e = Config::parse(&zero, Path::new(".")).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("{key} must be at least 1")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -7,14 +7,14 @@
 //! the viewer's session, answers CORS itself, and proxies HTTP to the app with both bodies
 //! streaming. Share state lives in SQLite; users, workspaces and templates in a TOML file.
 //!
+//! With a certificate configured it serves browsers over HTTPS, and it speaks TLS to apps whose
+//! URL carries the `s` suffix ([`tls`]). Upgrades (WebSocket) are spliced byte for byte after
+//! the app's 101 answer. Sign-in sessions are kept in SQLite beside the shares ([`sessions`]),
+//! so a restart keeps browsers signed in.
+//!
 //! App health comes from the agent, which runs the healthchecks itself and reports their states
 //! with its port listing ([`health`]); the gateway shows them in its API and workspace page.
 //! [`client`] is the share API's command-line client (`ferry share`, `ferry unshare`).
-//!
-//! Not done yet (see `docs/limitations.md`): TLS towards browsers and towards HTTPS upstreams
-//! (the `s` suffix answers 502 with an explanation). Upgrades (WebSocket) are spliced byte for
-//! byte after the app's 101 answer, tested with a raw echo rather than a WebSocket codec.
-//! Sessions are kept in memory, so a restart signs browsers out.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -29,7 +29,9 @@ pub mod host;
 pub mod pages;
 pub mod proxy;
 pub mod server;
+pub mod sessions;
 pub mod store;
+pub mod tls;
 pub mod tunnels;
 
 pub use config::Config;

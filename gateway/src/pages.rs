@@ -81,6 +81,16 @@ pub fn sign_in(status: StatusCode, back: &str, error: Option<&str>) -> Response<
     html_response(status, html)
 }
 
+/// The sign-out page: one button that posts the form (a plain link elsewhere cannot sign the
+/// browser out, as the session cookie is `SameSite=Lax`).
+pub fn sign_out() -> Response<Body> {
+    let html = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign out</title>\
+                </head><body><h1>Sign out of the gateway</h1>\
+                <form method=\"post\" action=\"/signout\">\
+                <button type=\"submit\">Sign out</button></form></body></html>\n";
+    html_response(StatusCode::OK, html.to_owned())
+}
+
 /// Escapes text for HTML content and attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -1,14 +1,21 @@
 //! Proxying one request to an app, streaming both bodies.
 //!
 //! The upstream is a loopback listener of the workspace's tunnel; each request opens its own
-//! HTTP/1.1 connection to it (no pooling). Bodies flow through as hyper streams them, never
-//! gathered whole. The request loses hop-by-hop headers, the gateway's session cookie and, when
-//! the gateway used it to sign the viewer in, its `Authorization` header; it gains
-//! `X-Forwarded-For`, `-Proto` and `-Host`. The original `Host` is kept, so apps build
+//! HTTP/1.1 connection to it (no pooling), in TLS when the app speaks HTTPS (the `s` suffix;
+//! see [`crate::tls`]). Bodies flow through as hyper streams them, never gathered whole. The
+//! request loses hop-by-hop headers, the gateway's session cookie and, when the gateway used it
+//! to sign the viewer in, its `Authorization` header; it gains `X-Forwarded-For`, `-Proto`
+//! (`https` when browsers use HTTPS) and `-Host`. The original `Host` is kept, so apps build
 //! correct absolute URLs. An upgrade (WebSocket) keeps its `Connection: upgrade` and `Upgrade`
 //! headers, and after the app's 101 the two connections are spliced byte for byte.
+//!
+//! The app has [`Upstream::timeout`] to send its response headers. When the agent finds nothing
+//! listening on the port it resets the tunnel flow, and the tunnel then resets (or, in some
+//! races, closes) the loopback connection; [`ProxyError::is_no_answer`] tells the caller that
+//! the app sent nothing at all, so it can ask the agent whether the port is listening.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -16,9 +23,12 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 
 use crate::access::SESSION_COOKIE;
 use crate::pages::Body;
+use crate::tls::AppTls;
 
 /// What the proxy needs besides the request.
 pub struct Upstream {
@@ -28,6 +38,12 @@ pub struct Upstream {
     pub client: SocketAddr,
     /// Whether `Authorization` carried the gateway's token and must not reach the app.
     pub strip_authorization: bool,
+    /// Whether the browser reached the gateway over HTTPS (sets `X-Forwarded-Proto`).
+    pub browser_https: bool,
+    /// TLS towards the app, when it speaks HTTPS.
+    pub app_tls: Option<AppTls>,
+    /// How long the app may take to send its response headers.
+    pub timeout: Duration,
 }
 
 /// Sends `request` to the app and returns its response, bodies streaming. An upgrade (a
@@ -52,30 +68,58 @@ pub async fn forward(
         .to_owned();
     *request.uri_mut() = path.parse().map_err(|_| ProxyError::BadPath)?;
 
-    // One connection per request, driven by its own task.
-    let stream = tokio::net::TcpStream::connect(upstream.addr)
-        .await
-        .map_err(ProxyError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(ProxyError::Upstream)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
+    // One connection per request (in TLS for an HTTPS app), answered within the timeout.
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(upstream.addr)
+            .await
+            .map_err(ProxyError::from_connect)?;
+        let _ = stream.set_nodelay(true);
+        match &upstream.app_tls {
+            None => send(stream, request).await,
+            Some(tls) => {
+                let stream = tls.connect(stream).await.map_err(ProxyError::from_tls)?;
+                send(stream, request).await
+            }
         }
-    });
-
-    let mut response = sender
-        .send_request(request)
+    };
+    let mut response = tokio::time::timeout(upstream.timeout, exchange)
         .await
-        .map_err(ProxyError::Upstream)?;
+        .map_err(|_| ProxyError::Timeout(upstream.timeout))??;
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match browser_side {
         Some(browser_side) if switched => splice(browser_side, &mut response),
         _ => remove_hop_by_hop(response.headers_mut()),
     }
     Ok(response.map(|b| b.boxed()))
+}
+
+// Sends the request on a new HTTP/1.1 connection over `stream`, driven by its own task.
+async fn send<S>(stream: S, request: Request<Incoming>) -> Result<Response<Incoming>, ProxyError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ProxyError::from_hyper)?;
+    let (ended, conn_reset) = oneshot::channel();
+    tokio::spawn(async move {
+        let result = conn.with_upgrades().await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+        let _ = ended.send(result.is_err_and(|e| is_reset(&e)));
+    });
+    let error = match sender.send_request(request).await {
+        Ok(response) => return Ok(response),
+        Err(e) => ProxyError::from_hyper(e),
+    };
+
+    // A reset may reach only the connection's task, the request then seeing "canceled".
+    let reset = tokio::time::timeout(CONN_END_WAIT, conn_reset).await;
+    match reset {
+        Ok(Ok(true)) => Err(ProxyError::Refused),
+        _ => Err(error),
+    }
 }
 
 // Once both sides have switched protocols, copies bytes between them until either closes.
@@ -114,10 +158,78 @@ pub enum ProxyError {
     /// The tunnel's loopback listener refused (the tunnel thread stopped).
     #[error("cannot reach the workspace tunnel: {0}")]
     Connect(std::io::Error),
-    /// The app closed the connection or sent something that is not HTTP (often: nothing
-    /// listens on that port in the workspace).
+    /// The connection was reset before any answer: the agent found nothing listening on the
+    /// workspace port (or the app itself reset the connection).
+    #[error("the connection was reset before the app answered")]
+    Refused,
+    /// The TLS handshake with an HTTPS app failed (the app may speak plain HTTP: drop the `s`).
+    #[error("the TLS handshake with the app failed: {0}")]
+    Tls(std::io::Error),
+    /// The app closed the connection or sent something that is not HTTP.
     #[error("the app did not answer: {0}")]
     Upstream(hyper::Error),
+    /// The app sent no response headers in time (or the tunnel to it stalled).
+    #[error("the app did not answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+impl ProxyError {
+    /// Whether the app sent nothing at all before its connection ended (reset or closed), as
+    /// when nothing listens on the port.
+    pub fn is_no_answer(&self) -> bool {
+        match self {
+            ProxyError::Refused => true,
+            ProxyError::Tls(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
+            ProxyError::Upstream(e) => e.is_incomplete_message() || e.is_canceled(),
+            ProxyError::BadPath | ProxyError::Connect(_) | ProxyError::Timeout(_) => false,
+        }
+    }
+
+    fn from_hyper(e: hyper::Error) -> ProxyError {
+        if is_reset(&e) {
+            ProxyError::Refused
+        } else {
+            ProxyError::Upstream(e)
+        }
+    }
+
+    // The tunnel's listener accepts at once; a reset that arrives before the connect returns is
+    // the agent's answer, not the listener's.
+    fn from_connect(e: std::io::Error) -> ProxyError {
+        if is_reset(&e) {
+            ProxyError::Refused
+        } else {
+            ProxyError::Connect(e)
+        }
+    }
+
+    fn from_tls(e: std::io::Error) -> ProxyError {
+        if is_reset(&e) {
+            ProxyError::Refused
+        } else {
+            ProxyError::Tls(e)
+        }
+    }
+}
+
+// Whether an error, or one of its sources, is a connection reset.
+fn is_reset(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let Some(io) = err.downcast_ref::<std::io::Error>() else {
+            next = err.source();
+            continue;
+        };
+        if io.kind() == std::io::ErrorKind::ConnectionReset {
+            return true;
+        }
+        // An I/O error's `source` skips the error it wraps; look at that one first.
+        next = match io.get_ref() {
+            Some(inner) => Some(inner),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 // Removes what must not reach the app and adds the forwarding headers.
@@ -137,7 +249,12 @@ fn rewrite_request(headers: &mut HeaderMap, upstream: &Upstream) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if upstream.browser_https {
+        "https"
+    } else {
+        "http"
+    };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST, h),
         None => headers.remove(X_FORWARDED_HOST),
@@ -181,6 +298,8 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// How long a failed request waits for its connection's own error, which may be a reset.
+const CONN_END_WAIT: Duration = Duration::from_secs(1);
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -224,6 +343,9 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], 1)),
             client: SocketAddr::from(([127, 0, 0, 2], 5555)),
             strip_authorization: true,
+            browser_https: false,
+            app_tls: None,
+            timeout: Duration::from_secs(1),
         };
         rewrite_request(&mut h, &upstream);
         assert_eq!(h[header::COOKIE], "app=1; b=2");
@@ -233,6 +355,40 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.2");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "8080--a--b--c.apps.test");
+
+        let https = Upstream {
+            browser_https: true,
+            ..upstream
+        };
+        rewrite_request(&mut h, &https);
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+    }
+
+    #[test]
+    fn resets_are_found_among_error_sources() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(is_reset(&reset));
+        let wrapped = std::io::Error::other(reset);
+        assert!(is_reset(&wrapped));
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(!is_reset(&eof));
+        assert!(matches!(ProxyError::from_tls(wrapped), ProxyError::Refused));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            ProxyError::from_connect(refused),
+            ProxyError::Connect(_)
+        ));
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            ProxyError::from_connect(reset),
+            ProxyError::Refused
+        ));
+        let eof = ProxyError::from_tls(eof);
+        assert!(matches!(eof, ProxyError::Tls(_)));
+        assert!(eof.is_no_answer());
+        let bad = std::io::Error::from(std::io::ErrorKind::InvalidData);
+        assert!(!ProxyError::from_tls(bad).is_no_answer());
+        assert!(!ProxyError::Timeout(Duration::from_secs(1)).is_no_answer());
     }
 
     #[test]

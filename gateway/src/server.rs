@@ -1,5 +1,6 @@
 //! The HTTP front: routes each request by its `Host` to the gateway's own pages and API (the
-//! app domain itself) or to an app (one label under it).
+//! app domain itself) or to an app (one label under it). With a configured certificate every
+//! browser connection is TLS first (see [`crate::tls`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,17 +12,21 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
-use crate::access::{Access, SESSION_COOKIE, Sessions, ShareLevel, decide, user_by_token};
+use crate::access::{Access, SESSION_COOKIE, ShareLevel, decide, user_by_token};
 use crate::config::{Config, Workspace};
 use crate::cors;
 use crate::health::Listing;
 use crate::host::{AppHost, HostError, Name};
 use crate::pages::{self, Body};
-use crate::proxy::{self, Upstream};
+use crate::proxy::{self, ProxyError, Upstream};
+use crate::sessions::Sessions;
 use crate::store::{Store, StoreError};
-use crate::tunnels::Tunnels;
+use crate::tls::{AppTls, TlsError, browser_acceptor};
+use crate::tunnels::{TunnelError, Tunnels};
 
 /// A running gateway's shared state.
 pub struct Gateway {
@@ -29,19 +34,25 @@ pub struct Gateway {
     pub(crate) store: Store,
     sessions: Sessions,
     tunnels: Tunnels,
+    browser_tls: Option<TlsAcceptor>,
+    app_tls: AppTls,
 }
 
 impl Gateway {
-    /// Reads the gateway's key and opens its share database.
+    /// Reads the gateway's key and TLS files and opens its database.
     pub fn new(config: Config) -> Result<Arc<Gateway>, StartError> {
         let key = PrivateKey::from_file(&config.private_key_file)
             .map_err(|e| StartError::Key(e.to_string()))?;
+        let browser_tls = config.tls.as_ref().map(browser_acceptor).transpose()?;
         let store = Store::open(&config.database)?;
+        let sessions = Sessions::open(&config.database, config.session_lifetime)?;
         Ok(Arc::new(Gateway {
             config,
             store,
-            sessions: Sessions::default(),
+            sessions,
             tunnels: Tunnels::new(key),
+            browser_tls,
+            app_tls: AppTls::new()?,
         }))
     }
 
@@ -58,17 +69,33 @@ impl Gateway {
             };
             let gateway = self.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "browser connection ended with an error");
+                let Some(tls) = gateway.browser_tls.clone() else {
+                    return gateway.serve_connection(stream, client).await;
+                };
+                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => gateway.serve_connection(stream, client).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, %client, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                 }
             });
+        }
+    }
+
+    // Serves HTTP/1.1 (with upgrades) on one browser connection until it ends.
+    async fn serve_connection<S>(self: Arc<Self>, stream: S, client: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = self.clone();
+            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "browser connection ended with an error");
         }
     }
 
@@ -109,6 +136,8 @@ impl Gateway {
                 pages::sign_in(StatusCode::OK, &self.safe_return(back.as_deref()), None)
             }
             (Method::POST, "/signin") => self.handle_sign_in(req).await,
+            (Method::GET, "/signout") => pages::sign_out(),
+            (Method::POST, "/signout") => self.handle_sign_out(&req),
             (_, p) if p.starts_with("/api/") => crate::api::handle(self, req).await,
             (_, p) if p.starts_with("/workspaces/") => crate::dashboard::handle(self, req).await,
             _ => pages::page(StatusCode::NOT_FOUND, "Not found", "There is nothing here."),
@@ -127,24 +156,59 @@ impl Gateway {
             let error = Some("That token is not valid.");
             return pages::sign_in(StatusCode::UNAUTHORIZED, &back, error);
         };
-        let id = self.sessions.start(user.name.clone());
+        let id = match self.sessions.start(&user.name) {
+            Ok(id) => id,
+            Err(e) => return store_failure(&e),
+        };
+        let max_age = self.sessions.lifetime().as_secs();
+        let mut response = pages::redirect(StatusCode::SEE_OTHER, &back);
+        self.set_session_cookie(&mut response, &id, max_age);
+        response
+    }
+
+    // A sign-out form post: the session ends in the database and the cookie is cleared.
+    fn handle_sign_out(&self, req: &Request<Incoming>) -> Response<Body> {
+        let id = pages::cookie(req.headers(), SESSION_COOKIE);
+        if let Err(e) = id.map(|id| self.sessions.end(&id)).transpose() {
+            return store_failure(&e);
+        }
+        let signin = format!(
+            "{}://{}/signin",
+            self.config.scheme(),
+            self.config.app_domain
+        );
+        let mut response = pages::redirect(StatusCode::SEE_OTHER, &signin);
+        self.set_session_cookie(&mut response, "", 0);
+        response
+    }
+
+    // The session cookie for the app domain and its apps; `Secure` when browsers use HTTPS.
+    fn set_session_cookie(&self, response: &mut Response<Body>, id: &str, max_age_s: u64) {
+        let secure = if self.config.tls.is_some() {
+            "; Secure"
+        } else {
+            ""
+        };
         let cookie = format!(
-            "{SESSION_COOKIE}={id}; Domain={}; Path=/; HttpOnly; SameSite=Lax",
+            "{SESSION_COOKIE}={id}; Domain={}; Path=/; Max-Age={max_age_s}; HttpOnly; \
+             SameSite=Lax{secure}",
             self.config.cookie_domain()
         );
-        let mut response = pages::redirect(StatusCode::SEE_OTHER, &back);
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             response.headers_mut().insert(header::SET_COOKIE, v);
         }
-        response
     }
 
     // Only the gateway's own URLs are valid return targets (no open redirect).
     fn safe_return(&self, back: Option<&str>) -> String {
         let domain = &self.config.app_domain;
-        let home = format!("http://{domain}/");
+        let scheme = self.config.scheme();
+        let home = format!("{scheme}://{domain}/");
         let Some(back) = back else { return home };
-        let Some(rest) = back.strip_prefix("http://") else {
+        let Some(rest) = back
+            .strip_prefix(scheme)
+            .and_then(|r| r.strip_prefix("://"))
+        else {
             return home;
         };
         let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -187,14 +251,6 @@ impl Gateway {
         let Some(workspace) = workspace else {
             return not_found();
         };
-        if app.https {
-            return pages::page(
-                StatusCode::BAD_GATEWAY,
-                "HTTPS upstreams are not supported yet",
-                "This gateway cannot yet speak TLS to apps; open the port without the `s` suffix \
-                 if the app also serves plain HTTP.",
-            );
-        }
         self.proxy(req, workspace, &app, client, by_bearer).await
     }
 
@@ -209,18 +265,15 @@ impl Gateway {
         let request_headers = req.headers().clone();
         let addr = match self.tunnels.port(workspace, app.port).await {
             Ok(addr) => addr,
-            Err(e) => {
-                return pages::page(
-                    StatusCode::BAD_GATEWAY,
-                    "Workspace unreachable",
-                    &e.to_string(),
-                );
-            }
+            Err(e) => return unreachable(&e),
         };
         let upstream = Upstream {
             addr,
             client,
             strip_authorization,
+            browser_https: self.config.tls.is_some(),
+            app_tls: app.https.then(|| self.app_tls.clone()),
+            timeout: self.config.upstream_timeout,
         };
         match proxy::forward(req, &upstream).await {
             Ok(mut response) => {
@@ -228,14 +281,53 @@ impl Gateway {
                 cors::rewrite_response(response.headers_mut(), &request_headers, &app.user, domain);
                 response
             }
-            Err(e) => pages::page(
-                StatusCode::BAD_GATEWAY,
-                "The app did not answer",
+            Err(e) => self.app_failure(&e, workspace, app).await,
+        }
+    }
+
+    // The app could not be reached through a working tunnel. When it sent nothing at all and
+    // its agent does not list the port, nothing listens there: a 404 saying so (the viewer
+    // already passed the access check, so this reveals nothing). A timeout is a 504.
+    async fn app_failure(
+        &self,
+        e: &ProxyError,
+        workspace: &Workspace,
+        app: &AppHost,
+    ) -> Response<Body> {
+        let (port, name) = (app.port, &app.workspace);
+        if e.is_no_answer() && !self.is_listening(workspace, port, e).await {
+            return pages::page(
+                StatusCode::NOT_FOUND,
+                "No app is listening on this port",
                 &format!(
-                    "Port {} in workspace {}: {e}. Is the app listening?",
-                    app.port, app.workspace
+                    "Nothing is listening on port {port} in workspace {name}. Start the app \
+                     (listening on 127.0.0.1 or ::1), then reload this page."
                 ),
+            );
+        }
+        let (status, title) = match e {
+            ProxyError::Timeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "The app did not answer in time",
             ),
+            _ => (StatusCode::BAD_GATEWAY, "The app did not answer"),
+        };
+        pages::page(
+            status,
+            title,
+            &format!("Port {port} in workspace {name}: {e}."),
+        )
+    }
+
+    // Whether the agent lists `port` as listening. Without a list, a reset counts as nothing
+    // listening, as that is what the agent sends for a closed port.
+    async fn is_listening(&self, workspace: &Workspace, port: u16, e: &ProxyError) -> bool {
+        match self.agent_ports(workspace).await {
+            Ok(listing) => listing.ports.contains(&port),
+            Err(list_error) => {
+                tracing::debug!(error = %list_error, "no port list to explain a failed request");
+                !matches!(e, ProxyError::Refused)
+            }
         }
     }
 
@@ -281,8 +373,15 @@ impl Gateway {
         {
             return (Some(user.name.clone()), true);
         }
-        let by_cookie =
-            pages::cookie(headers, SESSION_COOKIE).and_then(|id| self.sessions.user(&id));
+        let by_cookie = pages::cookie(headers, SESSION_COOKIE).and_then(|id| {
+            self.sessions
+                .user(&id)
+                .inspect_err(|e| tracing::error!(error = %e, "session database failed"))
+                .ok()
+                .flatten()
+        });
+        // A session outlives a restart, but not its user's removal from the config.
+        let by_cookie = by_cookie.filter(|name| self.config.users.contains_key(name));
         (by_cookie, false)
     }
 
@@ -305,9 +404,10 @@ impl Gateway {
 
     pub(crate) fn to_sign_in(&self, req: &Request<Incoming>) -> Response<Body> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let back = format!("http://{}{path}", request_host(req));
+        let scheme = self.config.scheme();
+        let back = format!("{scheme}://{}{path}", request_host(req));
         let location = format!(
-            "http://{}/signin?return={}",
+            "{scheme}://{}/signin?return={}",
             self.config.app_domain,
             pages::percent_encode(&back)
         );
@@ -321,9 +421,12 @@ pub enum StartError {
     /// The private key file is missing or malformed.
     #[error("gateway private key: {0}")]
     Key(String),
-    /// The share database could not be opened.
+    /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The TLS certificate or key is missing, unreadable or mismatched.
+    #[error("gateway TLS: {0}")]
+    Tls(#[from] TlsError),
 }
 
 /// The request's host: the `Host` header, else the URI's authority.
@@ -352,6 +455,16 @@ fn not_found() -> Response<Body> {
     )
 }
 
+// The workspace's tunnel could not give a connection: 504 when its agent did not answer in
+// time, else 502.
+fn unreachable(e: &TunnelError) -> Response<Body> {
+    let status = match e {
+        TunnelError::NoHandshake => StatusCode::GATEWAY_TIMEOUT,
+        TunnelError::Start(_) | TunnelError::Gone => StatusCode::BAD_GATEWAY,
+    };
+    pages::page(status, "Workspace unreachable", &e.to_string())
+}
+
 fn store_failure(e: &StoreError) -> Response<Body> {
     tracing::error!(error = %e, "share database failed");
     pages::page(
@@ -363,3 +476,5 @@ fn store_failure(e: &StoreError) -> Response<Body> {
 
 const LISTING_LIMIT_BYTES: usize = 1024 * 1024;
 const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a browser may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -355,40 +355,6 @@ fn share_state_survives_a_gateway_restart() {
 }
 
 #[test]
-fn a_port_with_nothing_listening_gets_a_502_page_and_the_gateway_keeps_serving() {
-    let h = Harness::start("closed");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let alice = bearer(ALICE);
-    let r = h.get(
-        &format!("{port}--main--ws--alice.{DOMAIN}"),
-        "/",
-        &[("authorization", &alice)],
-    );
-    assert_eq!(r.status, 502);
-    assert!(r.text().contains("Is the app listening?"), "{}", r.text());
-    assert_eq!(
-        h.get(
-            &h.app_host("alice", "ws"),
-            "/",
-            &[("authorization", &alice)]
-        )
-        .status,
-        200
-    );
-}
-
-#[test]
-fn https_upstreams_are_refused_with_an_explanation() {
-    let h = Harness::start("https");
-    let host = format!("{}s--main--ws--alice.{DOMAIN}", h.app_port);
-    let r = h.get(&host, "/", &[("authorization", &bearer(ALICE))]);
-    assert_eq!(r.status, 502);
-    assert!(r.text().contains("HTTPS upstreams are not supported yet"));
-}
-
-#[test]
 fn websocket_upgrade_is_spliced_through_both_ways() {
     let h = Harness::start("websocket");
     let host = h.app_host("alice", "ws");

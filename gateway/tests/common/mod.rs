@@ -41,7 +41,8 @@ pub struct Harness {
     pub rt: Option<tokio::runtime::Runtime>,
     agent_stop: Option<oneshot::Sender<()>>,
     app_stop: Option<oneshot::Sender<()>>,
-    config_text: String,
+    /// The gateway's config; edit it and call [`Harness::start_gateway`] to apply.
+    pub config_text: String,
 }
 
 impl Harness {
@@ -428,7 +429,7 @@ type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 // `/download?n=N` streams N pattern bytes; `/upload` answers the SHA-256 of the body;
 // anything else echoes the request line and headers. Every answer carries the app's own CORS
 // grants and a Vary, which the gateway must rewrite.
-async fn app(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+pub async fn app(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
     let path = req.uri().path().to_owned();
     if path == "/ws" {
         return Ok(accept_upgrade(&mut req));
