@@ -7,6 +7,7 @@
 //! socket accepted the previous chunk, so a slow local reader closes the TCP window.
 //! End of stream travels as a half-close in each direction independently.
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::Poll;
@@ -25,23 +26,32 @@ pub async fn run_tcp_flow<S: LocalStream>(
     stream: S,
 ) {
     let stream = Rc::new(stream);
-    {
+    let writing = Cell::new(false);
+    let reset = {
         let mut up = std::pin::pin!(local_to_tunnel(&engine, t, handle, &stream));
-        let mut down = std::pin::pin!(tunnel_to_local(&engine, t, handle, &stream));
+        let mut down = std::pin::pin!(tunnel_to_local(&engine, t, handle, &stream, &writing));
+        // A reset ends the flow at once: the local connection is reset too, which also
+        // completes a pending local read, and a pending local write (one the local reader may
+        // never take, such as a service blocked writing to us) when there is one.
         tokio::select! {
-            () = &mut up => {
-                down.await;
+            end = &mut up => {
+                if end == End::Reset {
+                    stream.reset(writing.get());
+                }
+                end == End::Reset || down.await == End::Reset
             }
             end = &mut down => {
-                // A reset ends the flow at once: the local connection is reset too, which also
-                // completes a pending local read.
                 if end == End::Finished {
-                    up.await;
+                    up.await == End::Reset
                 } else {
-                    stream.reset();
+                    stream.reset(false);
+                    true
                 }
             }
         }
+    };
+    if reset {
+        stream.reset(false);
     }
     drop(stream);
     release_tcp(&engine, t, handle).await;
@@ -52,37 +62,48 @@ async fn local_to_tunnel<S: LocalStream>(
     t: usize,
     handle: SocketHandle,
     stream: &Rc<S>,
-) {
+) -> End {
     let mut buf = Vec::with_capacity(chunk_len(engine, t, handle));
     loop {
         let Some(room) = wait_send_room(engine, t, handle).await else {
-            return;
+            // The stack socket takes no more: reset or timed out, or closed after a reset.
+            return if is_reset(engine, t, handle) {
+                End::Reset
+            } else {
+                End::Finished
+            };
         };
         let max = room.min(buf.capacity());
         let (result, returned) = stream.read(buf, max).await;
         buf = returned;
         let mut core = engine.core.borrow_mut();
         let Some(tunnel) = core.tunnels.get_mut(t) else {
-            return;
+            return End::Reset;
         };
         let socket = tunnel.tcp(handle);
-        let done = !matches!(result, Ok(n) if n > 0);
-        match result {
-            Ok(0) => socket.close(),
+        let end = match result {
+            Ok(0) => {
+                socket.close();
+                Some(End::Finished)
+            }
             Ok(n) => {
                 if socket.send_slice(&buf[..n]).is_err() {
                     socket.abort();
+                    Some(End::Reset)
+                } else {
+                    None
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "local read failed; resetting the flow");
                 socket.abort();
+                Some(End::Reset)
             }
-        }
+        };
         drop(core);
         engine.poke(t);
-        if done {
-            return;
+        if let Some(end) = end {
+            return end;
         }
     }
 }
@@ -100,6 +121,7 @@ async fn tunnel_to_local<S: LocalStream>(
     t: usize,
     handle: SocketHandle,
     stream: &Rc<S>,
+    writing: &Cell<bool>,
 ) -> End {
     let mut buf = vec![0; chunk_len(engine, t, handle)];
     loop {
@@ -112,7 +134,9 @@ async fn tunnel_to_local<S: LocalStream>(
             let _ = stream.shutdown_write();
             return End::Finished;
         };
+        writing.set(true);
         let (result, returned) = stream.write_all(buf, n).await;
+        writing.set(false);
         buf = returned;
         if let Err(e) = result {
             tracing::debug!(error = %e, "local write failed; resetting the flow");

@@ -101,8 +101,9 @@ pub trait LocalStream: 'static {
     async fn write_all(&self, buf: Vec<u8>, len: usize) -> (io::Result<()>, Vec<u8>);
     /// Shuts down the write side (sends FIN), keeping the read side open.
     fn shutdown_write(&self) -> io::Result<()>;
-    /// Makes closing the stream send a reset, and ends any pending read.
-    fn reset(&self);
+    /// Makes closing the stream send a reset, and ends any pending read; with `writing`, also
+    /// ends a pending write (one that waits on a reader that may never read).
+    fn reset(&self, writing: bool);
 }
 
 /// The io_uring backend.
@@ -150,8 +151,8 @@ impl LocalStream for tokio_uring::net::TcpStream {
         self.shutdown(Shutdown::Write)
     }
 
-    fn reset(&self) {
-        crate::sys::reset_tcp(self.as_raw_fd());
+    fn reset(&self, writing: bool) {
+        crate::sys::reset_tcp(self.as_raw_fd(), writing);
     }
 }
 
@@ -221,7 +222,7 @@ impl LocalStream for tokio::net::TcpStream {
         socket2::SockRef::from(self).shutdown(Shutdown::Write)
     }
 
-    fn reset(&self) {
-        crate::sys::reset_tcp(self.as_raw_fd());
+    fn reset(&self, writing: bool) {
+        crate::sys::reset_tcp(self.as_raw_fd(), writing);
     }
 }

@@ -30,7 +30,12 @@ pub fn set_int(fd: RawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
 
 /// Makes the next close of a TCP socket send a reset, and wakes any pending read on it (which
 /// then completes with end of stream), so that an in-flight io_uring read lets the socket go.
-pub fn reset_tcp(fd: RawFd) {
+///
+/// `writing`: a write is pending too, which only completes once the local reader takes data
+/// (it may never). Shutting the write side as well completes it with an error. The FIN this
+/// queues sits behind the unsent data the pending write is waiting on, so it does not leave
+/// before the close's reset discards it.
+pub fn reset_tcp(fd: RawFd, writing: bool) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -45,6 +50,11 @@ pub fn reset_tcp(fd: RawFd) {
             (&linger as *const libc::linger).cast(),
             size_of::<libc::linger>() as libc::socklen_t,
         );
-        libc::shutdown(fd, libc::SHUT_RD);
+        let how = if writing {
+            libc::SHUT_RDWR
+        } else {
+            libc::SHUT_RD
+        };
+        libc::shutdown(fd, how);
     }
 }

@@ -343,3 +343,64 @@ fn ipv6_endpoint(backend: Backend) {
 }
 
 both_backends!(tunnel_over_ipv6_endpoint => super::ipv6_endpoint);
+
+// A port-forward that dies while a flow is jammed both ways (its client and the workspace
+// service both write, neither reads) must not leave the agent's connection to the service open:
+// the agent's stack gives the flow up after its TCP timeout (60 s) and resets the service's
+// connection, even though the agent's write to the service can never complete.
+fn dead_forward_with_jammed_flow(backend: Backend) {
+    const BLOCK: usize = 64 << 10;
+    /// The agent's TCP timeout (60 s) plus margin: a hang guard, not a speed target.
+    const RELEASE_BOUND: Duration = Duration::from_secs(120);
+    let _guard = heavy(Duration::from_secs(240));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        s.set_write_timeout(Some(RELEASE_BOUND + Duration::from_secs(60)))
+            .expect("timeout");
+        let block = vec![7u8; BLOCK];
+        // Writes until the connection fails; never reads.
+        let error = loop {
+            if let Err(e) = s.write(&block) {
+                break e;
+            }
+        };
+        let _ = tx.send(error.kind());
+    });
+    let mut ws = Workspace::builder(backend).tcp_to(port).start();
+    let mut client = connect(ws.tcp[0]);
+    client
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let block = vec![9u8; BLOCK];
+    let mut pushed = 0usize;
+    while pushed < (256 << 20) {
+        match client.write(&block) {
+            Ok(n) => pushed += n,
+            Err(_) => break, // blocked for 2 s: the flow is jammed
+        }
+    }
+    ws.forward.kill();
+    let killed = Instant::now();
+    let kind = rx.recv_timeout(RELEASE_BOUND).unwrap_or_else(|_| {
+        panic!(
+            "the agent still holds its connection to the service {RELEASE_BOUND:?} after the \
+             port-forward died (client pushed {pushed} bytes)\n{}",
+            ws.logs()
+        )
+    });
+    eprintln!(
+        "[{backend:?}] the service's connection failed ({kind:?}) {:.1?} after the \
+         port-forward died",
+        killed.elapsed()
+    );
+    assert!(
+        matches!(kind, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "the service's write failed with {kind:?}, not a reset"
+    );
+    drop(client);
+}
+
+both_backends!(agent_releases_jammed_flow_of_dead_forward => super::dead_forward_with_jammed_flow);
