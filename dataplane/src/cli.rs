@@ -76,8 +76,8 @@ struct AgentArgs {
     /// File holding a preshared key used with every peer.
     #[arg(long, value_name = "FILE")]
     preshared_key_file: Option<PathBuf>,
-    /// Inner MTU of the tunnel.
-    #[arg(long, default_value_t = DEFAULT_MTU)]
+    /// Inner MTU of the tunnel, 1280 to 9000.
+    #[arg(long, default_value_t = DEFAULT_MTU, value_parser = mtu_range())]
     mtu: u16,
     /// The agent's address inside the tunnel, IPv4 and/or IPv6 (repeatable)
     /// [default: 10.77.0.1 and fd77::1].
@@ -124,8 +124,8 @@ struct ConnectArgs {
     /// wg-quick file's PersistentKeepalive].
     #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_KEEPALIVE_S)]
     keepalive: u16,
-    /// Inner MTU of the tunnel [default: 1420, or the wg-quick file's MTU].
-    #[arg(long)]
+    /// Inner MTU of the tunnel, 1280 to 9000 [default: 1420, or the wg-quick file's MTU].
+    #[arg(long, value_parser = mtu_range())]
     mtu: Option<u16>,
     /// A wg-quick config file (as for `wg-quick up`) giving this side's key and addresses and
     /// the one peer to connect to; flows go to the peer's host address in AllowedIPs.
@@ -558,7 +558,10 @@ fn connect_config(
         forwards,
         remote_host,
         addrs: settings.addrs,
-        mtu: usize::from(args.mtu.or(settings.mtu).unwrap_or(DEFAULT_MTU)),
+        mtu: usize::from(check_mtu(
+            args.mtu.or(settings.mtu).unwrap_or(DEFAULT_MTU),
+            args,
+        )?),
         listen_port: settings.listen_port,
     })
 }
@@ -653,6 +656,29 @@ fn from_wg_config(path: &std::path::Path) -> Result<PeerSettings, Failure> {
         mtu: interface.mtu,
         listen_port: interface.listen_port,
     })
+}
+
+/// Inner MTUs ferry takes: IPv6 (always inside the tunnel) needs 1280; above 9000 is no real link.
+const MTU_RANGE: std::ops::RangeInclusive<u16> = 1280..=9000;
+
+fn mtu_range() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(i64::from(*MTU_RANGE.start())..=i64::from(*MTU_RANGE.end()))
+}
+
+// The flag is checked by clap; an MTU from a wg-quick file is checked here.
+fn check_mtu(mtu: u16, args: &ConnectArgs) -> Result<u16, Failure> {
+    if MTU_RANGE.contains(&mtu) {
+        return Ok(mtu);
+    }
+    let from = args
+        .wg_config
+        .as_ref()
+        .map_or(String::from("MTU"), |p| format!("{}: MTU", p.display()));
+    Err(Failure::Usage(format!(
+        "{from} {mtu} is outside {}..={}: IPv6 inside the tunnel needs at least 1280",
+        MTU_RANGE.start(),
+        MTU_RANGE.end()
+    )))
 }
 
 fn resolve_endpoint(text: &str) -> Result<SocketAddr, Failure> {

@@ -198,6 +198,48 @@ fn other_usage_errors_exit_2_before_any_network_activity() {
     let mut unknown = port_forward_args(&keys, &ep);
     unknown.extend(["--tcp", &ok_spec, "--no-such-flag"]);
     cases.push((unknown, vec![], vec!["--no-such-flag"]));
+    // MTUs the tunnel cannot use (smoltcp panicked on these before they were checked).
+    for mtu in ["10", "0", "1279", "9001"] {
+        let mut low = port_forward_args(&keys, &ep);
+        low.extend(["--tcp", &ok_spec, "--mtu", mtu]);
+        cases.push((low, vec![], vec!["--mtu"]));
+    }
+    cases.push((
+        vec![
+            "agent",
+            "--listen",
+            "127.0.0.1:1",
+            "--private-key-file",
+            &keys.key_file,
+            "--mtu",
+            "0",
+        ],
+        vec![],
+        vec!["--mtu"],
+    ));
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "small.conf",
+        &format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.9.0.2/32\nMTU = 40\n\n[Peer]\n\
+             PublicKey = {}\nEndpoint = {ep}\nAllowedIPs = 10.9.0.1/32\n",
+            KeyPair::generate().private,
+            keys.agent_public
+        ),
+    );
+    let conf = conf.display().to_string();
+    cases.push((
+        vec![
+            "port-forward",
+            "ws",
+            "--wg-config",
+            &conf,
+            "--tcp",
+            &ok_spec,
+        ],
+        vec![],
+        vec![&conf, "MTU 40"],
+    ));
 
     for (args, env, needles) in cases {
         let out = run_ferry(&args, None, &env, RUN);
