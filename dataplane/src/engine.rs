@@ -272,6 +272,11 @@ async fn receive_task(engine: Rc<Engine>, ingress: Rc<dyn Ingress>) {
 
 fn decrypt_all(engine: &Engine, received: &Received, touched: &mut Vec<usize>) {
     let mut core = engine.core.borrow_mut();
+    if received.is_empty() {
+        // An empty datagram holds no message at all; it is dropped like any garbage.
+        core.stats.invalid_datagrams += 1;
+        return;
+    }
     for datagram in received.datagrams() {
         let Some(t) = engine.route(&mut core, datagram) else {
             continue;

@@ -50,6 +50,11 @@ impl Received {
     }
 
     /// The datagrams, one by one.
+    /// Whether the last receive was an empty datagram.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn datagrams(&self) -> impl Iterator<Item = &[u8]> {
         let segment = if self.segment == 0 {
             self.len.max(1)
