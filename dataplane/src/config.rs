@@ -14,6 +14,8 @@
 //! [gateway]                       # optional, for `ferry share` and `ferry unshare`
 //! url = "http://apps.example.test:8080"
 //! token_file = "token"            # the gateway API token; relative to this file
+//! ca_file = "gateway-ca.pem"      # optional: a CA trusted for an https:// url, besides the
+//!                                 # system's; relative to this file
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,7 +36,7 @@ pub struct Config {
     pub gateway: Option<GatewayClient>,
 }
 
-/// The `[gateway]` table: the gateway's URL and the API token's file.
+/// The `[gateway]` table: the gateway's URL, the API token's file and an extra CA file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayClient {
@@ -42,6 +44,8 @@ pub struct GatewayClient {
     pub url: Option<String>,
     /// A file holding the API token.
     pub token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates trusted for an `https://` gateway, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One workspace's tunnel settings.
@@ -141,6 +145,10 @@ mod tests {
         let gateway = config.gateway.unwrap();
         assert_eq!(gateway.url.as_deref(), Some("http://a.test"));
         assert!(gateway.token_file.is_none());
+        let with_ca = "private_key_file = \"k\"\n[gateway]\nca_file = \"ca.pem\"\n";
+        let config: Config = toml::from_str(with_ca).unwrap();
+        let ca_file = config.gateway.unwrap().ca_file.unwrap();
+        assert_eq!(ca_file, Path::new("ca.pem"));
         let typo = "private_key_file = \"k\"\n[gateway]\nulr = \"http://a.test\"\n";
         assert!(toml::from_str::<Config>(typo).is_err());
     }

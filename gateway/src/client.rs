@@ -7,12 +7,20 @@
 //!
 //! The gateway's URL comes from `--gateway-url`, else `$FERRY_GATEWAY_URL`, else the `url` of
 //! the `[gateway]` table in ferry's config file; the API token from `--token-file`, else
-//! `$FERRY_TOKEN`, else that table's `token_file`. Only plain `http://` gateway URLs are
-//! supported. A missing setting or a malformed argument is a usage error (exit 2); a request the
-//! gateway refuses prints the gateway's reason and exits 1.
+//! `$FERRY_TOKEN`, else that table's `token_file`.
+//!
+//! An `https://` gateway URL is reached over TLS and the gateway's certificate is verified, chain
+//! and name, because the token travels over that connection. It is trusted when the system's
+//! certificate store vouches for it, or a CA from `--ca-file`, else `$FERRY_GATEWAY_CA`, else
+//! that table's `ca_file`.
+//!
+//! A missing setting, a malformed argument or an unusable CA file is a usage error (exit 2); a
+//! request the gateway refuses prints the gateway's reason and exits 1, and so does a gateway
+//! certificate that is not trusted.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,8 +28,12 @@ use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
 
 use crate::access::ShareLevel;
 use crate::store::Protocol;
@@ -29,7 +41,7 @@ use crate::store::Protocol;
 /// Where the gateway is and who is asking.
 #[derive(Debug, Args)]
 pub struct GatewayArgs {
-    /// The gateway's base URL, e.g. `http://apps.example.test:8080` (else `url` under
+    /// The gateway's base URL, e.g. `https://apps.example.test` (else `url` under
     /// `[gateway]` in ferry's config file).
     #[arg(long, value_name = "URL", env = "FERRY_GATEWAY_URL", global = true)]
     gateway_url: Option<String>,
@@ -37,6 +49,10 @@ pub struct GatewayArgs {
     /// in ferry's config file).
     #[arg(long, value_name = "FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates trusted for an `https://` gateway, besides the system's
+    /// (else `ca_file` under `[gateway]` in ferry's config file).
+    #[arg(long, value_name = "FILE", env = "FERRY_GATEWAY_CA", global = true)]
+    ca_file: Option<PathBuf>,
     /// ferry's config file [default: ~/.config/ferry/config.toml].
     #[arg(long, value_name = "FILE", env = "FERRY_CONFIG", global = true)]
     config: Option<PathBuf>,
@@ -169,17 +185,23 @@ fn list(workspace: Option<&str>, gateway: &GatewayArgs) -> Result<(), ClientErro
     Ok(())
 }
 
-// The gateway's API, reached over plain HTTP.
+// The gateway's API, reached over HTTP or HTTPS.
 struct Api {
     addrs: Vec<SocketAddr>,
     authority: String,
     token: String,
+    // For an `https://` gateway: the TLS client and the name its certificate must carry.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
 impl Api {
     fn from_args(args: &GatewayArgs) -> Result<Api, ClientError> {
         // The file settings are read only when a flag or variable is missing.
-        let file = if args.gateway_url.is_none() || args.token_file.is_none() {
+        let https_flag = args.gateway_url.as_deref().is_some_and(is_https);
+        let file = if args.gateway_url.is_none()
+            || args.token_file.is_none()
+            || (https_flag && args.ca_file.is_none())
+        {
             read_file_settings(args.config.as_deref())?
         } else {
             FileSettings::default()
@@ -192,15 +214,27 @@ impl Api {
             )
         })?;
         let token = read_token(args.token_file.as_deref(), file.token_file.as_deref())?;
-        let authority = parse_gateway_url(&url)?;
-        let addrs: Vec<SocketAddr> = with_default_port(&authority)
+        let GatewayUrl { https, authority } = parse_gateway_url(&url)?;
+        let default_port = if https { 443 } else { 80 };
+        let addrs: Vec<SocketAddr> = with_default_port(&authority, default_port)
             .to_socket_addrs()
             .map_err(|e| ClientError::Usage(format!("gateway URL {url:?}: {e}")))?
             .collect();
+
+        // HTTPS: the system's roots and the extra CA file, if any.
+        let tls = if https {
+            let ca_file = args.ca_file.as_deref().or(file.ca_file.as_deref());
+            let name = ServerName::try_from(host_of(&authority).to_owned())
+                .map_err(|e| ClientError::Usage(format!("gateway URL {url:?}: {e}")))?;
+            Some((tls_connector(ca_file)?, name))
+        } else {
+            None
+        };
         Ok(Api {
             addrs,
             authority,
             token,
+            tls,
         })
     }
 
@@ -250,11 +284,6 @@ impl Api {
                 self.authority
             ))
         };
-        let stream = connect_any(&self.addrs).await.map_err(|e| failed(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(&e))?;
-        tokio::spawn(conn);
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -266,7 +295,19 @@ impl Api {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::Usage(format!("cannot build the request: {e}")))?;
-        let resp = sender.send_request(req).await.map_err(|e| failed(&e))?;
+
+        // Connect, over TLS when the URL says https.
+        let stream = connect_any(&self.addrs).await.map_err(|e| failed(&e))?;
+        let resp = match &self.tls {
+            None => exchange(stream, req).await.map_err(|e| failed(&e))?,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|e| self.tls_failed(e))?;
+                exchange(stream, req).await.map_err(|e| failed(&e))?
+            }
+        };
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), ANSWER_LIMIT_BYTES)
             .collect()
@@ -275,12 +316,82 @@ impl Api {
             .to_bytes();
         Ok((status, bytes))
     }
+
+    // A failed TLS handshake; an untrusted certificate says how to trust it.
+    fn tls_failed(&self, e: std::io::Error) -> ClientError {
+        let rejected = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+        let authority = &self.authority;
+        if rejected {
+            return ClientError::Failed(format!(
+                "the certificate of the gateway at {authority} was not trusted ({e}); if a CA \
+                 of your own signed it, pass --ca-file FILE with that CA (or set \
+                 FERRY_GATEWAY_CA, or `ca_file` under [gateway] in ferry's config file)"
+            ));
+        }
+        ClientError::Failed(format!(
+            "cannot reach the gateway at {authority}: TLS handshake failed: {e}"
+        ))
+    }
+}
+
+// One HTTP/1.1 request on an open connection.
+async fn exchange<S>(
+    stream: S,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    sender.send_request(req).await
+}
+
+// A TLS client that verifies the gateway against the system's roots and `ca_file`'s.
+fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system certificates are skipped: the CA file may be all that is needed, and a
+    // gateway nothing vouches for fails verification with advice on --ca-file.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    if let Some(path) = ca_file {
+        for cert in read_ca_file(path)? {
+            roots.add(cert).map_err(|e| bad_ca_file(path, &e))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Failed(format!("cannot set up TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+// The certificates of a PEM file; none at all is an error too.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad_ca_file(path, &e))?;
+    if certs.is_empty() {
+        return Err(bad_ca_file(path, &"it holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+fn bad_ca_file(path: &Path, e: &dyn std::fmt::Display) -> ClientError {
+    ClientError::Usage(format!("cannot use CA file {}: {e}", path.display()))
 }
 
 #[derive(Default, Deserialize)]
 struct FileSettings {
     url: Option<String>,
     token_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 }
 
 // The `[gateway]` table of ferry's config file; other tables are not read here. A file that
@@ -296,6 +407,7 @@ fn read_file_settings(named: Option<&Path>) -> Result<FileSettings, ClientError>
     struct Table {
         url: Option<String>,
         token_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
     }
     let Some(path) = named
         .map(Path::to_owned)
@@ -325,11 +437,13 @@ fn read_file_settings(named: Option<&Path>) -> Result<FileSettings, ClientError>
     let table = file.gateway.unwrap_or(Table {
         url: None,
         token_file: None,
+        ca_file: None,
     });
     let base = path.parent().unwrap_or(Path::new("."));
     Ok(FileSettings {
         url: table.url,
         token_file: table.token_file.map(|f| base.join(f)),
+        ca_file: table.ca_file.map(|f| base.join(f)),
     })
 }
 
@@ -362,40 +476,67 @@ fn read_token_file(path: &Path) -> Result<String, ClientError> {
         .map_err(|e| ClientError::Usage(format!("cannot read token file {}: {e}", path.display())))
 }
 
-/// The `HOST[:PORT]` of a gateway URL, which must be `http://HOST[:PORT][/]`.
-pub fn parse_gateway_url(url: &str) -> Result<String, ClientError> {
+/// A gateway URL, parsed: `http://` or `https://`, then `HOST[:PORT]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GatewayUrl {
+    /// Whether the URL is `https://`.
+    pub https: bool,
+    /// `HOST[:PORT]`, lowercased.
+    pub authority: String,
+}
+
+/// Parses a gateway URL, which must be `http://HOST[:PORT][/]` or `https://HOST[:PORT][/]`.
+pub fn parse_gateway_url(url: &str) -> Result<GatewayUrl, ClientError> {
     let refuse = |why: &str| ClientError::Usage(format!("gateway URL {url:?}: {why}"));
-    if url
-        .get(..8)
-        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-    {
-        return Err(refuse(
-            "https:// gateway URLs are not supported yet; use the gateway's http:// address",
-        ));
-    }
-    let rest = url
-        .get(..7)
-        .filter(|s| s.eq_ignore_ascii_case("http://"))
-        .and_then(|_| url.get(7..))
-        .ok_or_else(|| refuse("expected http://HOST[:PORT]"))?;
+    let (https, rest) = if is_https(url) {
+        (true, url.get(8..))
+    } else {
+        let http = url
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+        (false, url.get(7..).filter(|_| http))
+    };
+    let rest = rest.ok_or_else(|| refuse("expected http://HOST[:PORT] or https://HOST[:PORT]"))?;
     let authority = rest.strip_suffix('/').unwrap_or(rest);
     let valid = |b: u8| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b);
     if authority.is_empty() || !authority.bytes().all(valid) {
-        return Err(refuse("expected http://HOST[:PORT] with no path"));
+        return Err(refuse("expected http(s)://HOST[:PORT] with no path"));
     }
-    Ok(authority.to_ascii_lowercase())
+    Ok(GatewayUrl {
+        https,
+        authority: authority.to_ascii_lowercase(),
+    })
 }
 
-// `host` alone means port 80.
-fn with_default_port(authority: &str) -> String {
-    let has_port = match authority.rsplit_once(':') {
-        Some((_, port)) => !port.contains(']'),
-        None => false,
-    };
-    if has_port {
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+// `host` alone means the scheme's default port.
+fn with_default_port(authority: &str, default_port: u16) -> String {
+    if has_port(authority) {
         authority.to_owned()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{default_port}")
+    }
+}
+
+// The host of an authority, as a certificate names it: no port, no IPv6 brackets.
+fn host_of(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        Some((host, _)) if has_port(authority) => host,
+        _ => authority,
+    };
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+fn has_port(authority: &str) -> bool {
+    match authority.rsplit_once(':') {
+        Some((_, port)) => !port.contains(']'),
+        None => false,
     }
 }
 
@@ -428,23 +569,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gateway_urls_must_be_plain_http_without_a_path() {
+    fn gateway_urls_are_http_or_https_without_a_path() {
+        let url = |https, authority: &str| GatewayUrl {
+            https,
+            authority: authority.to_owned(),
+        };
+        let ok = |u: &str| parse_gateway_url(u).ok().unwrap();
         assert_eq!(
-            parse_gateway_url("http://Apps.Example.Test:8080/")
-                .ok()
-                .unwrap(),
-            "apps.example.test:8080"
+            ok("http://Apps.Example.Test:8080/"),
+            url(false, "apps.example.test:8080")
         );
+        assert_eq!(ok("http://[::1]:80"), url(false, "[::1]:80"));
         assert_eq!(
-            parse_gateway_url("http://[::1]:80").ok().unwrap(),
-            "[::1]:80"
+            ok("HTTPS://apps.example.test"),
+            url(true, "apps.example.test")
         );
+        assert_eq!(ok("https://[::1]:8443/"), url(true, "[::1]:8443"));
         for bad in [
-            "https://x",
             "ftp://x",
             "x:80",
             "http://",
+            "https://",
             "http://x/api",
+            "https://x/api",
             "http://a b",
         ] {
             assert!(
@@ -452,8 +599,33 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(with_default_port("x"), "x:80");
-        assert_eq!(with_default_port("[::1]"), "[::1]:80");
-        assert_eq!(with_default_port("[::1]:9"), "[::1]:9");
+    }
+
+    #[test]
+    fn default_ports_and_certificate_names() {
+        assert_eq!(with_default_port("x", 80), "x:80");
+        assert_eq!(with_default_port("x", 443), "x:443");
+        assert_eq!(with_default_port("[::1]", 443), "[::1]:443");
+        assert_eq!(with_default_port("[::1]:9", 443), "[::1]:9");
+        assert_eq!(host_of("apps.test:8443"), "apps.test");
+        assert_eq!(host_of("apps.test"), "apps.test");
+        assert_eq!(host_of("[::1]:8443"), "::1");
+        assert_eq!(host_of("[::1]"), "::1");
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_a_usage_error() {
+        let dir = std::env::temp_dir().join(format!("ferry-ca-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let missing = dir.join("missing.pem");
+        for path in [&empty, &missing] {
+            let Err(ClientError::Usage(m)) = tls_connector(Some(path)) else {
+                panic!("{} was accepted", path.display());
+            };
+            assert!(m.contains("cannot use CA file"), "{m}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -150,9 +150,9 @@ fn usage_errors_exit_2_before_any_request() {
             "no API token",
         ),
         (
-            &["share", "ls", "--gateway-url", "https://apps.example.test"],
+            &["share", "ls", "--gateway-url", "ftp://apps.example.test"],
             &[("FERRY_TOKEN", ALICE)],
-            "not supported yet",
+            "expected http://HOST[:PORT] or https://HOST[:PORT]",
         ),
     ];
     for (args, env, words) in cases {

@@ -41,6 +41,18 @@ impl Procs {
     /// Starts `ferry agent` with `healthchecks` (`--healthcheck` values) and the gateway under
     /// the app domain `host:PORT`.
     pub fn start(name: &str, host: &str, healthchecks: &[String]) -> Procs {
+        Procs::start_with(name, host, healthchecks, "", &[])
+    }
+
+    /// Like [`Procs::start`], with `top_level` lines added to the gateway's config (before
+    /// its tables) and `files` (name, contents) written next to it first.
+    pub fn start_with(
+        name: &str,
+        host: &str,
+        healthchecks: &[String],
+        top_level: &str,
+        files: &[(&str, &str)],
+    ) -> Procs {
         let dir = std::env::temp_dir().join(format!("ferry-procs-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -76,6 +88,12 @@ impl Procs {
         procs.domain = format!("{host}:{}", procs.gateway.port());
         let listen = procs.gateway.to_string();
         let config = config_text(&listen, &procs.domain, agent_addr, &agent_key);
+        let anchor = "database = \"shares.sqlite\"\n";
+        assert!(config.contains(anchor));
+        let config = config.replace(anchor, &format!("{anchor}{top_level}\n"));
+        for (file, contents) in files {
+            std::fs::write(dir.join(file), contents).unwrap();
+        }
         std::fs::write(dir.join("gateway.toml"), config).unwrap();
         let mut gateway = Command::new(ferry_bin());
         gateway
@@ -159,7 +177,12 @@ impl Procs {
     pub fn ferry(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new(ferry_bin());
         cmd.args(args);
-        for var in ["FERRY_GATEWAY_URL", "FERRY_TOKEN", "FERRY_CONFIG"] {
+        for var in [
+            "FERRY_GATEWAY_URL",
+            "FERRY_TOKEN",
+            "FERRY_CONFIG",
+            "FERRY_GATEWAY_CA",
+        ] {
             cmd.env_remove(var);
         }
         // Keep any real user config out of the way.
