@@ -417,6 +417,10 @@ impl RunWith for ForwardJob {
             () = forward.ready() => eprintln!("Ready"),
             () = wait_for_signal() => {
                 forward.engine.reset_all();
+                eprintln!(
+                    "ferry port-forward: no handshake completed; {}",
+                    forward.engine.summary()
+                );
                 return Ok(0);
             }
         }

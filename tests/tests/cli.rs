@@ -335,6 +335,11 @@ fn sigterm_before_handshake_exits_0() {
             "[{backend:?}] {status:?}\n{}",
             forward.log()
         );
+        assert!(
+            forward.log().contains("no handshake completed;"),
+            "[{backend:?}] no closing line saying the handshake never completed\n{}",
+            forward.log()
+        );
         while endpoint.datagram().is_some() {}
     }
 }
