@@ -127,6 +127,9 @@ impl Gateway {
     // The gateway's own pages and API, on the app domain itself.
     async fn handle_own(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
+        if let Err(e) = self.check_cross_site(&req) {
+            return self.cross_site(&e);
+        }
         match (req.method().clone(), path.as_str()) {
             (Method::GET, "/signin") => {
                 let back = req
@@ -142,6 +145,39 @@ impl Gateway {
             (_, p) if p.starts_with("/workspaces/") => crate::dashboard::handle(self, req).await,
             _ => pages::page(StatusCode::NOT_FOUND, "Not found", "There is nothing here."),
         }
+    }
+
+    // A state-changing request to the dashboard that rides on the session cookie must come
+    // from the dashboard's own pages (see [`crate::csrf`]). Not checked: safe methods; the API
+    // (it takes only `Authorization: Bearer`, which no other page can make a browser send);
+    // requests with a valid bearer token; requests without a session cookie, which the
+    // dashboard refuses anyway; and sign-in, which needs the user's secret token, so another
+    // page can at worst sign a browser in as the page's author (and the sign-in form is meant
+    // to be postable from a local page or a portal).
+    fn check_cross_site(&self, req: &Request<Incoming>) -> Result<(), crate::csrf::CrossSite> {
+        let path = req.uri().path();
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        let exempt = path == "/signin" || path.starts_with("/api/");
+        let by_cookie = pages::cookie(req.headers(), SESSION_COOKIE).is_some();
+        if safe || exempt || !by_cookie || self.viewer(req.headers()).1 {
+            return Ok(());
+        }
+        let origin = crate::csrf::origin(self.config.scheme(), &self.config.app_domain);
+        crate::csrf::check(req.headers(), &origin)
+    }
+
+    // The page for a refused cross-site request.
+    fn cross_site(&self, e: &crate::csrf::CrossSite) -> Response<Body> {
+        tracing::debug!(error = %e, "cross-site request refused");
+        let home = crate::csrf::origin(self.config.scheme(), &self.config.app_domain);
+        pages::page(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            &format!(
+                "Nothing was changed: {e}. The gateway accepts this form only from its own \
+                 pages at {home}/; open it there to try again."
+            ),
+        )
     }
 
     // A sign-in form post: on a valid token, a session cookie and a redirect back.
