@@ -315,6 +315,7 @@ impl Gateway {
             Ok(mut response) => {
                 let domain = &self.config.app_domain;
                 cors::rewrite_response(response.headers_mut(), &request_headers, &app.user, domain);
+                drop_session_cookies(response.headers_mut());
                 response
             }
             Err(e) => self.app_failure(&e, workspace, app).await,
@@ -483,6 +484,41 @@ pub(crate) fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
+/// Removes an app's `Set-Cookie` headers that name the gateway's session cookie: an app shares
+/// the cookie's domain and could otherwise overwrite it (signing the viewer out, or into the
+/// app author's session).
+pub(crate) fn drop_session_cookies(headers: &mut hyper::HeaderMap) {
+    let all: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    let (tossed, kept): (Vec<_>, Vec<_>) = all.into_iter().partition(names_session_cookie);
+    if tossed.is_empty() {
+        return;
+    }
+    tracing::debug!(
+        count = tossed.len(),
+        "dropped an app's Set-Cookie for the session cookie"
+    );
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+// Whether a `Set-Cookie` value sets the session cookie (names compare without case, as some
+// browsers and frameworks do).
+fn names_session_cookie(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    let pair = bytes.split(|b| *b == b';').next().unwrap_or_default();
+    let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+        return false;
+    };
+    let name = pair.get(..eq).unwrap_or_default().trim_ascii();
+    name.eq_ignore_ascii_case(SESSION_COOKIE.as_bytes())
+}
+
 fn not_found() -> Response<Body> {
     pages::page(
         StatusCode::NOT_FOUND,
@@ -514,3 +550,25 @@ const LISTING_LIMIT_BYTES: usize = 1024 * 1024;
 const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a browser may take to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_cookies_named_like_the_session_are_dropped() {
+        let mut h = hyper::HeaderMap::new();
+        for v in [
+            "ferry_session=x; Domain=apps.test; Path=/",
+            "other=1; Path=/",
+            "FERRY_SESSION=y",
+            " Ferry_Session =z",
+            "ferry_sessions=kept",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+        }
+        drop_session_cookies(&mut h);
+        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["other=1; Path=/", "ferry_sessions=kept"]);
+    }
+}

@@ -103,3 +103,17 @@ fn bearer_posts_need_no_origin() {
     let r = h.send("POST", DOMAIN, &path, &headers, b"level=public".to_vec());
     assert_eq!(r.status, 303, "{}", r.text());
 }
+
+#[test]
+fn apps_cannot_set_the_session_cookie() {
+    let h = Harness::start("hard-toss");
+    let auth = format!("Bearer {ALICE}");
+    let r = h.get(
+        &h.app_host("alice", "ws"),
+        "/toss",
+        &[("authorization", &auth)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cookies: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["app=1; Path=/"]);
+}

@@ -463,7 +463,18 @@ pub async fn app(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infall
         }
         Full::new(Bytes::from(text)).boxed()
     };
-    let resp = Response::builder()
+    let mut resp = Response::builder();
+    if path == "/toss" {
+        // An app that tries to overwrite the gateway's session cookie (cookie tossing).
+        resp = resp
+            .header(
+                "set-cookie",
+                "ferry_session=tossed; Domain=apps.test; Path=/",
+            )
+            .header("set-cookie", "FERRY_SESSION=tossed")
+            .header("set-cookie", "app=1; Path=/");
+    }
+    let resp = resp
         .header("access-control-allow-origin", "*")
         .header("access-control-allow-methods", "GET, POST")
         .header("access-control-expose-headers", "x-app")
