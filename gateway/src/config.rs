@@ -182,6 +182,18 @@ pub enum ConfigError {
     /// A duration is zero.
     #[error("configuration: {0} must be at least 1")]
     ZeroDuration(&'static str),
+    /// Two workspaces name the same agent (the same public key). Each would open its own
+    /// WireGuard session with that key and the two would keep replacing each other.
+    #[error(
+        "configuration: workspaces {first} and {second} name the same agent \
+         (public key {key}); an agent can serve one workspace here: give each workspace its \
+         own agent, or remove one of the two"
+    )]
+    SharedAgent {
+        first: String,
+        second: String,
+        key: String,
+    },
     /// A workspace's names are too long for any app URL.
     #[error(
         "configuration: workspace {workspace}: even the shortest app label \
@@ -262,8 +274,18 @@ fn check_workspaces(
     users: &HashMap<Name, User>,
 ) -> Result<HashMap<Name, Workspace>, ConfigError> {
     let mut workspaces = HashMap::new();
+    let mut agents: HashMap<PublicKey, String> = HashMap::new();
     for w in &raw.workspaces {
         let workspace = check_workspace(w, raw, users)?;
+        // One agent (one key) per workspace: two tunnels with one key undo each other's
+        // WireGuard sessions.
+        if let Some(first) = agents.insert(workspace.public_key, w.name.clone()) {
+            return Err(ConfigError::SharedAgent {
+                first,
+                second: w.name.clone(),
+                key: workspace.public_key.to_string(),
+            });
+        }
         if workspaces
             .insert(workspace.name.clone(), workspace)
             .is_some()
@@ -410,6 +432,26 @@ default_owner = "alice"
             e.to_string().contains("template prod is not defined"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn two_workspaces_with_one_agent_key_are_refused() {
+        let ws = |name: &str, endpoint: &str| {
+            format!(
+                "[[workspaces]]\nname = \"{name}\"\nagent = \"main\"\n\
+                 endpoint = \"{endpoint}\"\npublic_key = \"{KEY}\"\ntemplate = \"dev\"\n"
+            )
+        };
+        for endpoint in ["127.0.0.1:1", "127.0.0.1:2"] {
+            let two = ws("one", "127.0.0.1:1") + &ws("two", endpoint);
+            let e = Config::parse(&text(&two), Path::new(".")).unwrap_err();
+            let e = e.to_string();
+            assert!(
+                e.contains("workspaces one and two name the same agent"),
+                "{e}"
+            );
+            assert!(e.contains(KEY), "{e}");
+        }
     }
 
     #[test]

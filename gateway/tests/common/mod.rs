@@ -288,7 +288,9 @@ pub fn config_text(
             .collect()
     };
     let public = agent_key.public_key();
-    // Only `ws` reaches the real agent; the others exist for API rules and never dial.
+    // Only `ws` reaches the real agent; the others exist for API rules and never dial (each
+    // names an agent of its own: one agent in two workspaces is refused).
+    let other = || PrivateKey::generate().public_key();
     format!(
         r#"
 listen = "{listen}"
@@ -324,7 +326,7 @@ template = "open"
 name = "capped"
 agent = "main"
 endpoint = "127.0.0.1:9"
-public_key = "{public}"
+public_key = "{capped_key}"
 template = "team"
 
 [[workspaces]]
@@ -332,7 +334,7 @@ name = "bobs"
 owner = "bob"
 agent = "main"
 endpoint = "127.0.0.1:9"
-public_key = "{public}"
+public_key = "{bobs_key}"
 template = "open"
 
 [[workspaces]]
@@ -340,12 +342,15 @@ name = "a-workspace-name-of-26-chr"
 owner = "carol-with-a-long-name"
 agent = "main"
 endpoint = "127.0.0.1:9"
-public_key = "{public}"
+public_key = "{carol_key}"
 template = "open"
 "#,
         alice = hash(ALICE),
         bob = hash(BOB),
         carol = hash(CAROL),
+        capped_key = other(),
+        bobs_key = other(),
+        carol_key = other(),
     )
 }
 
