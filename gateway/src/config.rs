@@ -9,6 +9,7 @@
 //! tls_key = "gateway.key.pem"             # and this PEM private key (both or neither)
 //! session_lifetime_s = 604800             # how long a sign-in lasts (default 7 days)
 //! upstream_timeout_s = 60                 # how long an app may take to send its response headers
+//! header_read_timeout_s = 30              # how long a browser may take to send its request headers
 //!
 //! [[users]]
 //! name = "alice"
@@ -60,6 +61,9 @@ pub struct Config {
     pub session_lifetime: Duration,
     /// How long the proxy waits for an app's response headers before answering 504.
     pub upstream_timeout: Duration,
+    /// How long a browser connection may take to send a request's headers before it is closed
+    /// (slow or stalled clients must not hold connections open forever).
+    pub header_read_timeout: Duration,
     /// Users by name.
     pub users: HashMap<Name, User>,
     /// Workspaces by name.
@@ -134,6 +138,7 @@ impl Config {
             tls,
             session_lifetime: seconds("session_lifetime_s", raw.session_lifetime_s)?,
             upstream_timeout: seconds("upstream_timeout_s", raw.upstream_timeout_s)?,
+            header_read_timeout: seconds("header_read_timeout_s", raw.header_read_timeout_s)?,
             users,
             workspaces,
         })
@@ -215,6 +220,8 @@ struct RawConfig {
     session_lifetime_s: u64,
     #[serde(default = "default_upstream_timeout_s")]
     upstream_timeout_s: u64,
+    #[serde(default = "default_header_read_timeout_s")]
+    header_read_timeout_s: u64,
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
@@ -352,6 +359,10 @@ fn default_upstream_timeout_s() -> u64 {
     DEFAULT_UPSTREAM_TIMEOUT_S
 }
 
+fn default_header_read_timeout_s() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_S
+}
+
 fn seconds(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
     match value {
         0 => Err(ConfigError::ZeroDuration(key)),
@@ -377,6 +388,8 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
 const DEFAULT_SESSION_LIFETIME_S: u64 = 7 * 24 * 3600;
 /// Like common reverse proxies: an app gets a minute to start its answer.
 const DEFAULT_UPSTREAM_TIMEOUT_S: u64 = 60;
+/// Like hyper's own default: a browser gets half a minute to send its request headers.
+const DEFAULT_HEADER_READ_TIMEOUT_S: u64 = 30;
 
 #[cfg(test)]
 mod tests {
@@ -492,7 +505,12 @@ default_owner = "alice"
         let c = Config::parse(&text(""), Path::new(".")).unwrap();
         assert_eq!(c.session_lifetime, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.upstream_timeout, Duration::from_secs(60));
-        for key in ["session_lifetime_s", "upstream_timeout_s"] {
+        assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+        for key in [
+            "session_lifetime_s",
+            "upstream_timeout_s",
+            "header_read_timeout_s",
+        ] {
             let zero = text("").replace(
                 "database = \"shares.sqlite\"\n",
                 &format!("database = \"shares.sqlite\"\n{key} = 0\n"),

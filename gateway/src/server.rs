@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -87,11 +87,15 @@ impl Gateway {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let header_read_timeout = self.config.header_read_timeout;
         let service = hyper::service::service_fn(move |req| {
             let gateway = self.clone();
             async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
         });
+        // A connection that does not finish its request headers in time is closed.
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         if let Err(e) = conn.await {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{ALICE, DOMAIN, Harness};
 
 /// The dashboard's origin, as a browser writes it.
@@ -116,4 +118,30 @@ fn apps_cannot_set_the_session_cookie() {
     assert_eq!(r.status, 200, "{}", r.text());
     let cookies: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
     assert_eq!(cookies, ["app=1; Path=/"]);
+}
+
+#[test]
+fn connections_that_never_finish_their_headers_are_closed() {
+    use std::io::{Read, Write};
+    let mut h = Harness::start("hard-slowloris");
+    let anchor = "database = \"shares.sqlite\"\n";
+    h.config_text = h
+        .config_text
+        .replace(anchor, &format!("{anchor}header_read_timeout_s = 1\n"));
+    h.start_gateway();
+
+    // A partial request line, then silence: the gateway hangs up (after a 408 or not).
+    let mut conn = std::net::TcpStream::connect(h.gateway).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"GET / HT").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = conn.read_to_end(&mut rest);
+    assert!(
+        read.is_ok(),
+        "still open after {:?}: {read:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
