@@ -346,17 +346,10 @@ impl Gateway {
                 ),
             );
         }
-        let (status, title) = match e {
-            ProxyError::Timeout(_) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "The app did not answer in time",
-            ),
-            _ => (StatusCode::BAD_GATEWAY, "The app did not answer"),
-        };
         pages::page(
-            status,
-            title,
-            &format!("Port {port} in workspace {name}: {e}."),
+            failure_status(e),
+            failure_title(e),
+            &failure_message(e, port, name),
         )
     }
 
@@ -480,12 +473,42 @@ pub(crate) fn request_host(req: &Request<Incoming>) -> String {
         .unwrap_or_default()
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme name is matched without
+/// case (RFC 7235).
 pub(crate) fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+// A timeout is a 504; every other failure to get an answer a 502.
+fn failure_status(e: &ProxyError) -> StatusCode {
+    match e {
+        ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+fn failure_title(e: &ProxyError) -> &'static str {
+    match e {
+        ProxyError::Timeout(_) => "No answer in time",
+        _ => "The app did not answer",
+    }
+}
+
+// A timeout cannot tell a stalled agent (stopped, or its machine gone with the session still
+// up) from a slow app, so its message names both.
+fn failure_message(e: &ProxyError, port: u16, name: &Name) -> String {
+    match e {
+        ProxyError::Timeout(t) => format!(
+            "Port {port} in workspace {name}: neither the workspace's agent nor the app \
+             answered within {} s. The agent may be stopped or its machine unreachable, or \
+             the app may be busy; check both, then reload this page.",
+            t.as_secs()
+        ),
+        _ => format!("Port {port} in workspace {name}: {e}."),
+    }
 }
 
 /// Removes an app's `Set-Cookie` headers that name the gateway's session cookie: an app shares
@@ -558,6 +581,19 @@ const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_names_the_agent_and_the_app() {
+        let name = Name::parse("myws").unwrap();
+        let e = ProxyError::Timeout(std::time::Duration::from_secs(60));
+        assert_eq!(failure_status(&e), StatusCode::GATEWAY_TIMEOUT);
+        let text = failure_message(&e, 28000, &name);
+        assert!(
+            text.contains("agent nor the app answered within 60 s"),
+            "{text}"
+        );
+        assert!(!text.contains("Is the app listening"), "{text}");
+    }
 
     #[test]
     fn app_cookies_named_like_the_session_are_dropped() {

@@ -145,3 +145,20 @@ fn connections_that_never_finish_their_headers_are_closed() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn the_bearer_scheme_is_matched_without_case() {
+    let h = Harness::start("hard-bearer-case");
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {ALICE}");
+        let headers = [("authorization", auth.as_str())];
+        let r = h.send("GET", DOMAIN, "/api/v1/workspaces", &headers, Vec::new());
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+    }
+    let r = h.get(
+        DOMAIN,
+        "/api/v1/workspaces",
+        &[("authorization", "Basic x")],
+    );
+    assert_eq!(r.status, 401);
+}
