@@ -132,7 +132,7 @@ impl Config {
         };
         Ok(Config {
             listen: raw.listen,
-            app_domain: raw.app_domain.to_ascii_lowercase(),
+            app_domain: check_app_domain(&raw.app_domain)?,
             private_key_file: base.join(raw.private_key_file),
             database: base.join(raw.database),
             tls,
@@ -187,6 +187,13 @@ pub enum ConfigError {
     /// A duration is zero.
     #[error("configuration: {0} must be at least 1")]
     ZeroDuration(&'static str),
+    /// `app_domain` is not a host name with an optional port.
+    #[error(
+        "configuration: app_domain `{0}` is not a host name with an optional port \
+         (like apps.example.test or apps.example.test:8080): labels of letters, digits and \
+         inner hyphens, separated by dots"
+    )]
+    AppDomain(String),
     /// Two workspaces name the same agent (the same public key). Each would open its own
     /// WireGuard session with that key and the two would keep replacing each other.
     #[error(
@@ -359,6 +366,30 @@ fn default_upstream_timeout_s() -> u64 {
     DEFAULT_UPSTREAM_TIMEOUT_S
 }
 
+// The app domain, lower-cased: DNS labels (letters, digits, inner hyphens) and an optional
+// port from 1 to 65535.
+fn check_app_domain(text: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::AppDomain(text.to_owned());
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let label_ok = |l: &str| {
+        (1..=MAX_LABEL_LEN).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let host_ok = !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok);
+    match port_ok && host_ok {
+        true => Ok(text.to_ascii_lowercase()),
+        false => Err(bad()),
+    }
+}
+
 fn default_header_read_timeout_s() -> u64 {
     DEFAULT_HEADER_READ_TIMEOUT_S
 }
@@ -518,6 +549,35 @@ default_owner = "alice"
             let e = Config::parse(&zero, Path::new(".")).unwrap_err();
             assert!(
                 e.to_string().contains(&format!("{key} must be at least 1")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn app_domain_must_be_a_host_with_an_optional_port() {
+        let with = |domain: &str| {
+            let t = text("").replace("Apps.Example.Test:8080", domain);
+            Config::parse(&t, Path::new("."))
+        };
+        for good in ["apps.test", "localhost:8080", "a-1.b.example.test:1"] {
+            assert!(with(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a b/c:x",
+            "apps.test:",
+            "apps.test:0",
+            "apps.test:65536",
+            "-a.test",
+            "a..test",
+            "apps.test.",
+            "apps_x.test",
+            "apps.test:80:80",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("app_domain `{bad}` is not a host name")),
                 "{e}"
             );
         }
