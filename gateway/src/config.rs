@@ -9,6 +9,7 @@
 //! tls_key = "gateway.key.pem"             # and this PEM private key (both or neither)
 //! session_lifetime_s = 604800             # how long a sign-in lasts (default 7 days)
 //! upstream_timeout_s = 60                 # how long an app may take to send its response headers
+//! header_read_timeout_s = 30              # how long a browser may take to send its request headers
 //!
 //! [[users]]
 //! name = "alice"
@@ -60,6 +61,9 @@ pub struct Config {
     pub session_lifetime: Duration,
     /// How long the proxy waits for an app's response headers before answering 504.
     pub upstream_timeout: Duration,
+    /// How long a browser connection may take to send a request's headers before it is closed
+    /// (slow or stalled clients must not hold connections open forever).
+    pub header_read_timeout: Duration,
     /// Users by name.
     pub users: HashMap<Name, User>,
     /// Workspaces by name.
@@ -128,12 +132,13 @@ impl Config {
         };
         Ok(Config {
             listen: raw.listen,
-            app_domain: raw.app_domain.to_ascii_lowercase(),
+            app_domain: check_app_domain(&raw.app_domain)?,
             private_key_file: base.join(raw.private_key_file),
             database: base.join(raw.database),
             tls,
             session_lifetime: seconds("session_lifetime_s", raw.session_lifetime_s)?,
             upstream_timeout: seconds("upstream_timeout_s", raw.upstream_timeout_s)?,
+            header_read_timeout: seconds("header_read_timeout_s", raw.header_read_timeout_s)?,
             users,
             workspaces,
         })
@@ -182,6 +187,25 @@ pub enum ConfigError {
     /// A duration is zero.
     #[error("configuration: {0} must be at least 1")]
     ZeroDuration(&'static str),
+    /// `app_domain` is not a host name with an optional port.
+    #[error(
+        "configuration: app_domain `{0}` is not a host name with an optional port \
+         (like apps.example.test or apps.example.test:8080): labels of letters, digits and \
+         inner hyphens, separated by dots"
+    )]
+    AppDomain(String),
+    /// Two workspaces name the same agent (the same public key). Each would open its own
+    /// WireGuard session with that key and the two would keep replacing each other.
+    #[error(
+        "configuration: workspaces {first} and {second} name the same agent \
+         (public key {key}); an agent can serve one workspace here: give each workspace its \
+         own agent, or remove one of the two"
+    )]
+    SharedAgent {
+        first: String,
+        second: String,
+        key: String,
+    },
     /// A workspace's names are too long for any app URL.
     #[error(
         "configuration: workspace {workspace}: even the shortest app label \
@@ -203,6 +227,8 @@ struct RawConfig {
     session_lifetime_s: u64,
     #[serde(default = "default_upstream_timeout_s")]
     upstream_timeout_s: u64,
+    #[serde(default = "default_header_read_timeout_s")]
+    header_read_timeout_s: u64,
     #[serde(default)]
     users: Vec<RawUser>,
     #[serde(default)]
@@ -262,8 +288,18 @@ fn check_workspaces(
     users: &HashMap<Name, User>,
 ) -> Result<HashMap<Name, Workspace>, ConfigError> {
     let mut workspaces = HashMap::new();
+    let mut agents: HashMap<PublicKey, String> = HashMap::new();
     for w in &raw.workspaces {
         let workspace = check_workspace(w, raw, users)?;
+        // One agent (one key) per workspace: two tunnels with one key undo each other's
+        // WireGuard sessions.
+        if let Some(first) = agents.insert(workspace.public_key, w.name.clone()) {
+            return Err(ConfigError::SharedAgent {
+                first,
+                second: w.name.clone(),
+                key: workspace.public_key.to_string(),
+            });
+        }
         if workspaces
             .insert(workspace.name.clone(), workspace)
             .is_some()
@@ -330,6 +366,34 @@ fn default_upstream_timeout_s() -> u64 {
     DEFAULT_UPSTREAM_TIMEOUT_S
 }
 
+// The app domain, lower-cased: DNS labels (letters, digits, inner hyphens) and an optional
+// port from 1 to 65535.
+fn check_app_domain(text: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError::AppDomain(text.to_owned());
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (text, None),
+    };
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let label_ok = |l: &str| {
+        (1..=MAX_LABEL_LEN).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let host_ok = !host.is_empty() && host.len() <= 253 && host.split('.').all(label_ok);
+    match port_ok && host_ok {
+        true => Ok(text.to_ascii_lowercase()),
+        false => Err(bad()),
+    }
+}
+
+fn default_header_read_timeout_s() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_S
+}
+
 fn seconds(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
     match value {
         0 => Err(ConfigError::ZeroDuration(key)),
@@ -355,6 +419,8 @@ pub fn parse_hash(text: &str) -> Option<[u8; 32]> {
 const DEFAULT_SESSION_LIFETIME_S: u64 = 7 * 24 * 3600;
 /// Like common reverse proxies: an app gets a minute to start its answer.
 const DEFAULT_UPSTREAM_TIMEOUT_S: u64 = 60;
+/// Like hyper's own default: a browser gets half a minute to send its request headers.
+const DEFAULT_HEADER_READ_TIMEOUT_S: u64 = 30;
 
 #[cfg(test)]
 mod tests {
@@ -413,6 +479,26 @@ default_owner = "alice"
     }
 
     #[test]
+    fn two_workspaces_with_one_agent_key_are_refused() {
+        let ws = |name: &str, endpoint: &str| {
+            format!(
+                "[[workspaces]]\nname = \"{name}\"\nagent = \"main\"\n\
+                 endpoint = \"{endpoint}\"\npublic_key = \"{KEY}\"\ntemplate = \"dev\"\n"
+            )
+        };
+        for endpoint in ["127.0.0.1:1", "127.0.0.1:2"] {
+            let two = ws("one", "127.0.0.1:1") + &ws("two", endpoint);
+            let e = Config::parse(&text(&two), Path::new(".")).unwrap_err();
+            let e = e.to_string();
+            assert!(
+                e.contains("workspaces one and two name the same agent"),
+                "{e}"
+            );
+            assert!(e.contains(KEY), "{e}");
+        }
+    }
+
+    #[test]
     fn names_too_long_for_any_label_are_refused() {
         let long = "w".repeat(50);
         let ws = format!(
@@ -450,7 +536,12 @@ default_owner = "alice"
         let c = Config::parse(&text(""), Path::new(".")).unwrap();
         assert_eq!(c.session_lifetime, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(c.upstream_timeout, Duration::from_secs(60));
-        for key in ["session_lifetime_s", "upstream_timeout_s"] {
+        assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+        for key in [
+            "session_lifetime_s",
+            "upstream_timeout_s",
+            "header_read_timeout_s",
+        ] {
             let zero = text("").replace(
                 "database = \"shares.sqlite\"\n",
                 &format!("database = \"shares.sqlite\"\n{key} = 0\n"),
@@ -458,6 +549,35 @@ default_owner = "alice"
             let e = Config::parse(&zero, Path::new(".")).unwrap_err();
             assert!(
                 e.to_string().contains(&format!("{key} must be at least 1")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn app_domain_must_be_a_host_with_an_optional_port() {
+        let with = |domain: &str| {
+            let t = text("").replace("Apps.Example.Test:8080", domain);
+            Config::parse(&t, Path::new("."))
+        };
+        for good in ["apps.test", "localhost:8080", "a-1.b.example.test:1"] {
+            assert!(with(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a b/c:x",
+            "apps.test:",
+            "apps.test:0",
+            "apps.test:65536",
+            "-a.test",
+            "a..test",
+            "apps.test.",
+            "apps_x.test",
+            "apps.test:80:80",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("app_domain `{bad}` is not a host name")),
                 "{e}"
             );
         }

@@ -5,8 +5,9 @@
 //! - `GET  /workspaces/WS`              the page (signed-out: sent to sign in)
 //! - `POST /workspaces/WS/shares/PORT`  form `level=...&protocol=...`, then back to the page
 //!
-//! Plain HTML forms, no script. The session cookie is `SameSite=Lax`, so another site cannot
-//! post these forms with it.
+//! Plain HTML forms, no script. The session cookie is `SameSite=Lax`, but every app host is
+//! the same site as this page, so a post that rides on the cookie must also come from the
+//! gateway's own origin ([`crate::csrf`]; checked before the request gets here).
 
 use std::collections::BTreeMap;
 

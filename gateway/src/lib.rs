@@ -23,6 +23,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod cors;
+pub mod csrf;
 pub mod dashboard;
 pub mod health;
 pub mod host;

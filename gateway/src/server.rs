@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -87,11 +87,15 @@ impl Gateway {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let header_read_timeout = self.config.header_read_timeout;
         let service = hyper::service::service_fn(move |req| {
             let gateway = self.clone();
             async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
         });
+        // A connection that does not finish its request headers in time is closed.
         let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         if let Err(e) = conn.await {
@@ -127,6 +131,9 @@ impl Gateway {
     // The gateway's own pages and API, on the app domain itself.
     async fn handle_own(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
+        if let Err(e) = self.check_cross_site(&req) {
+            return self.cross_site(&e);
+        }
         match (req.method().clone(), path.as_str()) {
             (Method::GET, "/signin") => {
                 let back = req
@@ -142,6 +149,39 @@ impl Gateway {
             (_, p) if p.starts_with("/workspaces/") => crate::dashboard::handle(self, req).await,
             _ => pages::page(StatusCode::NOT_FOUND, "Not found", "There is nothing here."),
         }
+    }
+
+    // A state-changing request to the dashboard that rides on the session cookie must come
+    // from the dashboard's own pages (see [`crate::csrf`]). Not checked: safe methods; the API
+    // (it takes only `Authorization: Bearer`, which no other page can make a browser send);
+    // requests with a valid bearer token; requests without a session cookie, which the
+    // dashboard refuses anyway; and sign-in, which needs the user's secret token, so another
+    // page can at worst sign a browser in as the page's author (and the sign-in form is meant
+    // to be postable from a local page or a portal).
+    fn check_cross_site(&self, req: &Request<Incoming>) -> Result<(), crate::csrf::CrossSite> {
+        let path = req.uri().path();
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        let exempt = path == "/signin" || path.starts_with("/api/");
+        let by_cookie = pages::cookie(req.headers(), SESSION_COOKIE).is_some();
+        if safe || exempt || !by_cookie || self.viewer(req.headers()).1 {
+            return Ok(());
+        }
+        let origin = crate::csrf::origin(self.config.scheme(), &self.config.app_domain);
+        crate::csrf::check(req.headers(), &origin)
+    }
+
+    // The page for a refused cross-site request.
+    fn cross_site(&self, e: &crate::csrf::CrossSite) -> Response<Body> {
+        tracing::debug!(error = %e, "cross-site request refused");
+        let home = crate::csrf::origin(self.config.scheme(), &self.config.app_domain);
+        pages::page(
+            StatusCode::FORBIDDEN,
+            "Request refused",
+            &format!(
+                "Nothing was changed: {e}. The gateway accepts this form only from its own \
+                 pages at {home}/; open it there to try again."
+            ),
+        )
     }
 
     // A sign-in form post: on a valid token, a session cookie and a redirect back.
@@ -279,6 +319,7 @@ impl Gateway {
             Ok(mut response) => {
                 let domain = &self.config.app_domain;
                 cors::rewrite_response(response.headers_mut(), &request_headers, &app.user, domain);
+                drop_session_cookies(response.headers_mut());
                 response
             }
             Err(e) => self.app_failure(&e, workspace, app).await,
@@ -305,17 +346,10 @@ impl Gateway {
                 ),
             );
         }
-        let (status, title) = match e {
-            ProxyError::Timeout(_) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "The app did not answer in time",
-            ),
-            _ => (StatusCode::BAD_GATEWAY, "The app did not answer"),
-        };
         pages::page(
-            status,
-            title,
-            &format!("Port {port} in workspace {name}: {e}."),
+            failure_status(e),
+            failure_title(e),
+            &failure_message(e, port, name),
         )
     }
 
@@ -439,12 +473,77 @@ pub(crate) fn request_host(req: &Request<Incoming>) -> String {
         .unwrap_or_default()
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme name is matched without
+/// case (RFC 7235).
 pub(crate) fn bearer_token(headers: &hyper::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+// A timeout is a 504; every other failure to get an answer a 502.
+fn failure_status(e: &ProxyError) -> StatusCode {
+    match e {
+        ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+fn failure_title(e: &ProxyError) -> &'static str {
+    match e {
+        ProxyError::Timeout(_) => "No answer in time",
+        _ => "The app did not answer",
+    }
+}
+
+// A timeout cannot tell a stalled agent (stopped, or its machine gone with the session still
+// up) from a slow app, so its message names both.
+fn failure_message(e: &ProxyError, port: u16, name: &Name) -> String {
+    match e {
+        ProxyError::Timeout(t) => format!(
+            "Port {port} in workspace {name}: neither the workspace's agent nor the app \
+             answered within {} s. The agent may be stopped or its machine unreachable, or \
+             the app may be busy; check both, then reload this page.",
+            t.as_secs()
+        ),
+        _ => format!("Port {port} in workspace {name}: {e}."),
+    }
+}
+
+/// Removes an app's `Set-Cookie` headers that name the gateway's session cookie: an app shares
+/// the cookie's domain and could otherwise overwrite it (signing the viewer out, or into the
+/// app author's session).
+pub(crate) fn drop_session_cookies(headers: &mut hyper::HeaderMap) {
+    let all: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    let (tossed, kept): (Vec<_>, Vec<_>) = all.into_iter().partition(names_session_cookie);
+    if tossed.is_empty() {
+        return;
+    }
+    tracing::debug!(
+        count = tossed.len(),
+        "dropped an app's Set-Cookie for the session cookie"
+    );
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+// Whether a `Set-Cookie` value sets the session cookie (names compare without case, as some
+// browsers and frameworks do).
+fn names_session_cookie(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    let pair = bytes.split(|b| *b == b';').next().unwrap_or_default();
+    let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+        return false;
+    };
+    let name = pair.get(..eq).unwrap_or_default().trim_ascii();
+    name.eq_ignore_ascii_case(SESSION_COOKIE.as_bytes())
 }
 
 fn not_found() -> Response<Body> {
@@ -478,3 +577,38 @@ const LISTING_LIMIT_BYTES: usize = 1024 * 1024;
 const LISTING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a browser may take to complete its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_names_the_agent_and_the_app() {
+        let name = Name::parse("myws").unwrap();
+        let e = ProxyError::Timeout(std::time::Duration::from_secs(60));
+        assert_eq!(failure_status(&e), StatusCode::GATEWAY_TIMEOUT);
+        let text = failure_message(&e, 28000, &name);
+        assert!(
+            text.contains("agent nor the app answered within 60 s"),
+            "{text}"
+        );
+        assert!(!text.contains("Is the app listening"), "{text}");
+    }
+
+    #[test]
+    fn app_cookies_named_like_the_session_are_dropped() {
+        let mut h = hyper::HeaderMap::new();
+        for v in [
+            "ferry_session=x; Domain=apps.test; Path=/",
+            "other=1; Path=/",
+            "FERRY_SESSION=y",
+            " Ferry_Session =z",
+            "ferry_sessions=kept",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(v));
+        }
+        drop_session_cookies(&mut h);
+        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(left, ["other=1; Path=/", "ferry_sessions=kept"]);
+    }
+}

@@ -11,6 +11,9 @@ use std::time::Duration;
 use common::{ALICE, BOB, DOMAIN, Harness};
 use support::add_config;
 
+// The dashboard's origin, which a browser sends with its forms.
+const ORIGIN: &str = "http://apps.test:8080";
+
 // Signs in with `token` through the form and returns the `name=value` cookie pair and the
 // whole Set-Cookie header.
 fn sign_in(h: &Harness, token: &str) -> (String, String) {
@@ -59,7 +62,7 @@ fn a_session_survives_a_gateway_restart_and_sign_out_ends_it() {
         "POST",
         DOMAIN,
         "/signout",
-        &[("cookie", &session)],
+        &[("cookie", &session), ("origin", ORIGIN)],
         Vec::new(),
     );
     assert_eq!(out.status, 303);
@@ -87,7 +90,7 @@ fn signing_out_one_session_keeps_the_others() {
         "POST",
         DOMAIN,
         "/signout",
-        &[("cookie", &first)],
+        &[("cookie", &first), ("origin", ORIGIN)],
         Vec::new(),
     );
     assert_eq!(out.status, 303);

@@ -288,7 +288,9 @@ pub fn config_text(
             .collect()
     };
     let public = agent_key.public_key();
-    // Only `ws` reaches the real agent; the others exist for API rules and never dial.
+    // Only `ws` reaches the real agent; the others exist for API rules and never dial (each
+    // names an agent of its own: one agent in two workspaces is refused).
+    let other = || PrivateKey::generate().public_key();
     format!(
         r#"
 listen = "{listen}"
@@ -324,7 +326,7 @@ template = "open"
 name = "capped"
 agent = "main"
 endpoint = "127.0.0.1:9"
-public_key = "{public}"
+public_key = "{capped_key}"
 template = "team"
 
 [[workspaces]]
@@ -332,7 +334,7 @@ name = "bobs"
 owner = "bob"
 agent = "main"
 endpoint = "127.0.0.1:9"
-public_key = "{public}"
+public_key = "{bobs_key}"
 template = "open"
 
 [[workspaces]]
@@ -340,12 +342,15 @@ name = "a-workspace-name-of-26-chr"
 owner = "carol-with-a-long-name"
 agent = "main"
 endpoint = "127.0.0.1:9"
-public_key = "{public}"
+public_key = "{carol_key}"
 template = "open"
 "#,
         alice = hash(ALICE),
         bob = hash(BOB),
         carol = hash(CAROL),
+        capped_key = other(),
+        bobs_key = other(),
+        carol_key = other(),
     )
 }
 
@@ -463,7 +468,18 @@ pub async fn app(mut req: Request<Incoming>) -> Result<Response<AppBody>, Infall
         }
         Full::new(Bytes::from(text)).boxed()
     };
-    let resp = Response::builder()
+    let mut resp = Response::builder();
+    if path == "/toss" {
+        // An app that tries to overwrite the gateway's session cookie (cookie tossing).
+        resp = resp
+            .header(
+                "set-cookie",
+                "ferry_session=tossed; Domain=apps.test; Path=/",
+            )
+            .header("set-cookie", "FERRY_SESSION=tossed")
+            .header("set-cookie", "app=1; Path=/");
+    }
+    let resp = resp
         .header("access-control-allow-origin", "*")
         .header("access-control-allow-methods", "GET, POST")
         .header("access-control-expose-headers", "x-app")
