@@ -37,8 +37,10 @@ pub async fn run_tcp_flow<S: LocalStream>(
             end = &mut up => {
                 if end == End::Reset {
                     stream.reset(writing.get());
+                    true
+                } else {
+                    down.await == End::Reset
                 }
-                end == End::Reset || down.await == End::Reset
             }
             end = &mut down => {
                 if end == End::Finished {
